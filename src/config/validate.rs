@@ -1,0 +1,562 @@
+//! Raw structs -> typed `Config`. Every problem found is reported, each as
+//! `FILE:LINE: KEY: what is wrong (what was expected)`.
+
+use super::file::{RawConfig, RawRoute, RawTls, RawUpstream};
+use super::*;
+use std::ops::Range;
+use toml::Spanned;
+
+/// Collects problems with their location while validating.
+struct Report<'a> {
+    file: String,
+    text: &'a str,
+    problems: Vec<String>,
+}
+
+impl Report<'_> {
+    fn line_of(&self, span: Option<Range<usize>>) -> usize {
+        match span {
+            Some(r) => {
+                self.text[..r.start.min(self.text.len())]
+                    .matches('\n')
+                    .count()
+                    + 1
+            }
+            None => 1,
+        }
+    }
+
+    fn at(&mut self, span: Option<Range<usize>>, key: &str, msg: impl fmt::Display) {
+        let line = self.line_of(span);
+        self.problems
+            .push(format!("{}:{line}: {key}: {msg}", self.file));
+    }
+
+    fn spanned<T>(&mut self, v: &Spanned<T>, key: &str, msg: impl fmt::Display) {
+        self.at(Some(v.span()), key, msg);
+    }
+}
+
+pub(super) fn parse_and_validate(path: &Path, text: &str) -> Result<Config, Vec<String>> {
+    let mut report = Report {
+        file: path.display().to_string(),
+        text,
+        problems: Vec::new(),
+    };
+    let raw: RawConfig = match serde_path_to_error::deserialize(toml::Deserializer::new(text)) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let key = if key == "." {
+                "(top level)".to_string()
+            } else {
+                key
+            };
+            report.at(inner.span(), &key, inner.message().trim());
+            return Err(report.problems);
+        }
+    };
+    let config = validate(&mut report, path, raw);
+    if report.problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(report.problems)
+    }
+}
+
+fn validate(r: &mut Report, path: &Path, raw: RawConfig) -> Config {
+    let base = base_dir_of(path).to_path_buf();
+    let s = raw.server;
+
+    let listen = match &s.listen {
+        Some(v) => socket_addr(r, v, "server.listen"),
+        None => default_listen(),
+    };
+    let http_listen = s
+        .http_listen
+        .as_ref()
+        .map(|v| socket_addr(r, v, "server.http_listen"));
+    let health_path = match s.health_path {
+        Some(v) if !v.get_ref().starts_with('/') => {
+            r.spanned(&v, "server.health_path", "must start with '/'");
+            String::new()
+        }
+        Some(v) => v.into_inner(),
+        None => "/healthz".to_string(),
+    };
+    let mut trusted_proxies = Vec::new();
+    for (i, v) in s.trusted_proxies.unwrap_or_default().iter().enumerate() {
+        let text = v.get_ref().trim();
+        // A bare address is a /32 (or /128) network.
+        let parsed = text
+            .parse::<IpNet>()
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from));
+        match parsed {
+            Ok(net) => trusted_proxies.push(net),
+            Err(_) => r.spanned(
+                v,
+                &format!("server.trusted_proxies[{i}]"),
+                format!("invalid CIDR {text:?} (expected e.g. \"10.0.0.0/8\" or \"127.0.0.1\")"),
+            ),
+        }
+    }
+    let max_header_bytes = s.max_header_bytes.map_or(16 * 1024, |b| b.0);
+    if max_header_bytes < 1024 {
+        r.at(None, "server.max_header_bytes", "must be at least 1KiB");
+    }
+    let server = ServerConfig {
+        listen,
+        http_listen,
+        redirect_http: s.redirect_http.unwrap_or(false),
+        health_path,
+        header_read_timeout: s
+            .header_read_timeout
+            .map_or(Duration::from_secs(10), |d| d.0),
+        idle_timeout: s.idle_timeout.map_or(Duration::from_secs(60), |d| d.0),
+        max_header_bytes: usize::try_from(max_header_bytes).unwrap_or(usize::MAX),
+        max_body_bytes: s.max_body_bytes.map_or(10 * 1024 * 1024, |b| b.0),
+        max_connections: s.max_connections.unwrap_or(10_000).max(1),
+        shutdown_grace: s.shutdown_grace.map_or(Duration::from_secs(30), |d| d.0),
+        workers: s.workers.unwrap_or(0),
+        trusted_proxies,
+    };
+    if server.redirect_http && server.http_listen.is_none() {
+        r.at(
+            None,
+            "server.redirect_http",
+            "needs server.http_listen to be set",
+        );
+    }
+
+    let tls = raw.tls.map(|t| validate_tls(r, &base, t));
+    if server.redirect_http && tls.is_none() {
+        r.at(
+            None,
+            "server.redirect_http",
+            "needs a [tls] section (nothing to redirect to)",
+        );
+    }
+
+    let mut upstreams = BTreeMap::new();
+    for (name, u) in raw.upstreams {
+        if let Some(up) = validate_upstream(r, &base, &name, u) {
+            upstreams.insert(name, up);
+        }
+    }
+
+    let mut routes = Vec::new();
+    for (i, route) in raw.routes.into_iter().enumerate() {
+        if let Some(rc) = validate_route(r, &base, &upstreams, i, route) {
+            if routes.iter().any(|o: &RouteConfig| o.path == rc.path) {
+                r.at(
+                    None,
+                    &format!("routes[{i}].path"),
+                    format!("duplicate route path {:?}", rc.path),
+                );
+            }
+            routes.push(rc);
+        }
+    }
+    // Longest prefix first; ties keep file order (stable sort).
+    routes.sort_by(|a, b| b.path.len().cmp(&a.path.len()));
+
+    let log = LogConfig {
+        format: match raw.log.format {
+            None => LogFormat::Text,
+            Some(f) => match f.get_ref().as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => {
+                    r.spanned(
+                        &f,
+                        "log.format",
+                        format!("unknown format {other:?} (expected \"text\" or \"json\")"),
+                    );
+                    LogFormat::Text
+                }
+            },
+        },
+        access_log: raw.log.access_log.unwrap_or(true),
+        level: raw.log.level.unwrap_or_else(|| "info".to_string()),
+    };
+
+    Config {
+        path: path.to_path_buf(),
+        server,
+        tls,
+        upstreams,
+        routes,
+        log,
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 8443))
+}
+
+fn socket_addr(r: &mut Report, v: &Spanned<String>, key: &str) -> SocketAddr {
+    match v.get_ref().parse::<SocketAddr>() {
+        Ok(a) => a,
+        Err(_) => {
+            r.spanned(
+                v,
+                key,
+                format!(
+                    "invalid address {:?} (expected IP:PORT, e.g. \"0.0.0.0:8443\")",
+                    v.get_ref()
+                ),
+            );
+            default_listen()
+        }
+    }
+}
+
+fn resolve(base: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+fn validate_tls(r: &mut Report, base: &Path, t: RawTls) -> TlsConfig {
+    let self_signed = t.self_signed.unwrap_or(false);
+    let default = match (t.cert, t.key, self_signed) {
+        (Some(c), Some(k), false) => CertSource::Files {
+            cert: resolve(base, c.get_ref()),
+            key: resolve(base, k.get_ref()),
+        },
+        (None, None, true) => CertSource::SelfSigned,
+        (Some(c), _, true) => {
+            r.spanned(
+                &c,
+                "tls.cert",
+                "set either cert/key or self_signed = true, not both",
+            );
+            CertSource::SelfSigned
+        }
+        (Some(c), None, false) => {
+            r.spanned(&c, "tls.key", "missing: tls.cert needs tls.key");
+            CertSource::SelfSigned
+        }
+        (None, Some(k), _) => {
+            r.spanned(&k, "tls.cert", "missing: tls.key needs tls.cert");
+            CertSource::SelfSigned
+        }
+        (None, None, false) => {
+            r.at(
+                None,
+                "tls.cert",
+                "missing: [tls] needs cert and key (or self_signed = true for development)",
+            );
+            CertSource::SelfSigned
+        }
+    };
+    let mut sni = Vec::new();
+    for (i, s) in t.sni.into_iter().enumerate() {
+        let name = s.server_name.get_ref().trim().to_ascii_lowercase();
+        if name.is_empty() {
+            r.spanned(
+                &s.server_name,
+                &format!("tls.sni[{i}].server_name"),
+                "must not be empty",
+            );
+        }
+        sni.push((
+            name,
+            CertSource::Files {
+                cert: resolve(base, s.cert.get_ref()),
+                key: resolve(base, s.key.get_ref()),
+            },
+        ));
+    }
+    let min_version = match t.min_version {
+        None => TlsVersion::V1_2,
+        Some(v) => match v.get_ref().as_str() {
+            "1.2" => TlsVersion::V1_2,
+            "1.3" => TlsVersion::V1_3,
+            other => {
+                r.spanned(
+                    &v,
+                    "tls.min_version",
+                    format!("unsupported version {other:?} (expected \"1.2\" or \"1.3\")"),
+                );
+                TlsVersion::V1_2
+            }
+        },
+    };
+    TlsConfig {
+        default,
+        sni,
+        min_version,
+        hsts: t.hsts.filter(|h| !h.trim().is_empty()),
+    }
+}
+
+fn upstream_addr(r: &mut Report, v: &Spanned<String>, key: &str) -> Option<UpstreamAddr> {
+    let s = v.get_ref().trim();
+    if let Some(path) = s.strip_prefix("unix:") {
+        let path = path.strip_prefix("//").unwrap_or(path);
+        if path.is_empty() {
+            r.spanned(
+                v,
+                key,
+                "unix: needs a socket path, e.g. \"unix:/run/gunicorn.sock\"",
+            );
+            return None;
+        }
+        return Some(UpstreamAddr::Unix {
+            path: PathBuf::from(path),
+        });
+    }
+    let Some(rest) = s.strip_prefix("http://") else {
+        r.spanned(v, key, format!("unsupported upstream URL {s:?} (expected \"http://HOST:PORT\" or \"unix:/path.sock\")"));
+        return None;
+    };
+    let authority = rest.trim_end_matches('/');
+    match authority.parse::<http::uri::Authority>() {
+        Ok(a) if !a.host().is_empty() && !authority.contains('/') && !authority.contains('@') => {
+            let authority = if a.port().is_some() {
+                a.as_str().to_string()
+            } else {
+                format!("{}:80", a.as_str())
+            };
+            Some(UpstreamAddr::Tcp { authority })
+        }
+        _ => {
+            r.spanned(
+                v,
+                key,
+                format!("invalid upstream URL {s:?} (expected \"http://HOST:PORT\" with no path)"),
+            );
+            None
+        }
+    }
+}
+
+fn validate_upstream(
+    r: &mut Report,
+    base: &Path,
+    name: &str,
+    u: RawUpstream,
+) -> Option<UpstreamConfig> {
+    let key = format!("upstreams.{name}");
+    let mut servers = Vec::new();
+    if let Some(url) = &u.url {
+        servers.extend(upstream_addr(r, url, &format!("{key}.url")));
+    }
+    for (i, s) in u.servers.iter().flatten().enumerate() {
+        servers.extend(upstream_addr(r, s, &format!("{key}.servers[{i}]")));
+    }
+    if u.url.is_none() && u.servers.as_ref().is_none_or(|s| s.is_empty()) {
+        r.at(
+            None,
+            &format!("{key}.url"),
+            "missing: an upstream needs url (or servers)",
+        );
+        return None;
+    }
+    // Unix socket paths given relative resolve like every other path.
+    for s in &mut servers {
+        if let UpstreamAddr::Unix { path } = s {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        }
+    }
+    Some(UpstreamConfig {
+        name: name.to_string(),
+        servers,
+        connect_timeout: u.connect_timeout.map_or(Duration::from_secs(2), |d| d.0),
+        timeout: u.timeout.map_or(Duration::from_secs(60), |d| d.0),
+        preserve_host: u.preserve_host.unwrap_or(true),
+        pool_idle_timeout: u.pool_idle_timeout.map_or(Duration::from_secs(90), |d| d.0),
+        pool_max_idle: u.pool_max_idle.unwrap_or(256),
+    })
+}
+
+fn validate_route(
+    r: &mut Report,
+    base: &Path,
+    upstreams: &BTreeMap<String, UpstreamConfig>,
+    i: usize,
+    route: RawRoute,
+) -> Option<RouteConfig> {
+    let key = format!("routes[{i}]");
+    let path = route.path.get_ref().clone();
+    if !path.starts_with('/') {
+        r.spanned(
+            &route.path,
+            &format!("{key}.path"),
+            format!("must start with '/' (got {path:?})"),
+        );
+    }
+    let target = match (&route.static_dir, &route.upstream) {
+        (Some(dir), None) => {
+            let root = resolve(base, dir.get_ref());
+            if !root.is_dir() {
+                r.spanned(
+                    dir,
+                    &format!("{key}.static"),
+                    format!("not a directory: {}", root.display()),
+                );
+            }
+            if route.strip_prefix.is_some() {
+                r.spanned(
+                    &route.path,
+                    &format!("{key}.strip_prefix"),
+                    "only applies to upstream routes",
+                );
+            }
+            let fallback = route.fallback.map(|f| {
+                let name = f.get_ref().trim_start_matches('/').to_string();
+                if name.split('/').any(|c| c == ".." || c.is_empty()) {
+                    r.spanned(
+                        &f,
+                        &format!("{key}.fallback"),
+                        "must be a file path inside the static root",
+                    );
+                } else if !root.join(&name).is_file() {
+                    r.spanned(
+                        &f,
+                        &format!("{key}.fallback"),
+                        format!("no such file: {}", root.join(&name).display()),
+                    );
+                }
+                name
+            });
+            RouteTarget::Static(StaticRoute {
+                root,
+                cache_control: route.cache_control,
+                fallback,
+                precompressed: route.precompressed.unwrap_or(true),
+            })
+        }
+        (None, Some(up)) => {
+            if !upstreams.contains_key(up.get_ref()) {
+                let known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
+                r.spanned(
+                    up,
+                    &format!("{key}.upstream"),
+                    format!(
+                        "no upstream named {:?} (known: {})",
+                        up.get_ref(),
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                );
+            }
+            if route.fallback.is_some() || route.cache_control.is_some() {
+                r.spanned(
+                    up,
+                    &key,
+                    "fallback and cache_control only apply to static routes",
+                );
+            }
+            RouteTarget::Upstream(UpstreamRoute {
+                upstream: up.get_ref().clone(),
+                strip_prefix: route.strip_prefix.unwrap_or(false),
+            })
+        }
+        (Some(dir), Some(_)) => {
+            r.spanned(dir, &key, "a route has either static or upstream, not both");
+            return None;
+        }
+        (None, None) => {
+            r.spanned(
+                &route.path,
+                &key,
+                "a route needs static = \"DIR\" or upstream = \"NAME\"",
+            );
+            return None;
+        }
+    };
+    Some(RouteConfig { path, target })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, Vec<String>> {
+        parse_and_validate(Path::new("gw.toml"), text)
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = load("[server]\nlisten = \"127.0.0.1:0\"\n").unwrap();
+        assert_eq!(c.server.health_path, "/healthz");
+        assert_eq!(c.server.max_header_bytes, 16 * 1024);
+        assert_eq!(c.server.header_read_timeout, Duration::from_secs(10));
+        assert!(c.tls.is_none());
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let e = load("[server]\nlisten = \"127.0.0.1:0\"\nlisen = 1\n").unwrap_err();
+        assert_eq!(e.len(), 1);
+        assert!(e[0].starts_with("gw.toml:3: server"), "{}", e[0]);
+        assert!(e[0].contains("unknown field `lisen`"), "{}", e[0]);
+    }
+
+    #[test]
+    fn bad_duration_names_line_and_key() {
+        let e = load("[server]\n\nidle_timeout = \"forever\"\n").unwrap_err();
+        assert!(
+            e[0].starts_with("gw.toml:3: server.idle_timeout: invalid duration"),
+            "{}",
+            e[0]
+        );
+    }
+
+    #[test]
+    fn unknown_upstream_is_reported_with_known_names() {
+        let text = "[upstreams.app]\nurl = \"http://127.0.0.1:8000\"\n\n[[routes]]\npath = \"/\"\nupstream = \"ap\"\n";
+        let e = load(text).unwrap_err();
+        assert_eq!(
+            e,
+            vec![
+                "gw.toml:6: routes[0].upstream: no upstream named \"ap\" (known: app)".to_string()
+            ]
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let text =
+            "[server]\nlisten = \"nope\"\ntrusted_proxies = [\"x\"]\n[log]\nformat = \"xml\"\n";
+        let e = load(text).unwrap_err();
+        assert_eq!(e.len(), 3, "{e:?}");
+    }
+
+    #[test]
+    fn routes_sorted_longest_prefix_first() {
+        let text = "[upstreams.app]\nurl = \"unix:/tmp/x.sock\"\n[[routes]]\npath = \"/\"\nupstream = \"app\"\n[[routes]]\npath = \"/api/\"\nupstream = \"app\"\nstrip_prefix = true\n";
+        let c = load(text).unwrap();
+        assert_eq!(c.routes[0].path, "/api/");
+        assert_eq!(
+            c.upstreams["app"].servers[0],
+            UpstreamAddr::Unix {
+                path: "/tmp/x.sock".into()
+            }
+        );
+    }
+
+    #[test]
+    fn upstream_url_forms() {
+        let e = load("[upstreams.a]\nurl = \"https://x\"\n").unwrap_err();
+        assert!(e[0].contains("upstreams.a.url"), "{e:?}");
+        let c = load("[upstreams.a]\nurl = \"http://localhost\"\n").unwrap();
+        assert_eq!(
+            c.upstreams["a"].servers[0],
+            UpstreamAddr::Tcp {
+                authority: "localhost:80".into()
+            }
+        );
+    }
+}

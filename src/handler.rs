@@ -1,0 +1,297 @@
+//! THE request path. `handle` reads top to bottom in this order:
+//!
+//! 1. Give the request an id (a valid client `X-Request-Id` is kept).
+//! 2. Answer the health path, on every listener, never proxied.
+//! 3. On the plain listener with `redirect_http`, answer 308 to https.
+//! 4. SECURITY: refuse dot segments (`.`/`..`, also percent-encoded) so a
+//!    path can never normalise out of the route that matched it.
+//! 5. Route: the longest matching prefix.
+//! 6. Dispatch: static files or the reverse proxy.
+//! 7. Errors become responses in `response`; every response gets the
+//!    request id and, on TLS, the HSTS header. The access log line is
+//!    written by the server once the body has been sent.
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use percent_encoding::percent_decode_str;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::config::{Config, RouteTarget};
+use crate::proxy::{self, ForwardCtx, Upstream};
+use crate::response::{self, Body, ErrorNote, GatewayError};
+use crate::router::Router;
+use crate::static_files::StaticFiles;
+use crate::telemetry::AccessRecord;
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Everything a request needs, built from one config. Replaced whole on
+/// reload; requests in flight keep the state they started with.
+pub struct AppState {
+    pub config: Arc<Config>,
+    router: Router,
+    /// One per route, in the router's order.
+    targets: Vec<Target>,
+    hsts: Option<HeaderValue>,
+}
+
+enum Target {
+    Static(StaticFiles),
+    Upstream {
+        upstream: Arc<Upstream>,
+        strip_prefix: bool,
+    },
+}
+
+/// Failure to build the runtime state from a valid config.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("static root {path} cannot be opened")]
+    StaticRoot {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("route {0} names an unknown upstream")]
+    UnknownUpstream(String),
+}
+
+impl AppState {
+    pub fn new(config: Config) -> Result<Self, StateError> {
+        let upstreams: BTreeMap<&str, Arc<Upstream>> = config
+            .upstreams
+            .iter()
+            .map(|(name, u)| (name.as_str(), Arc::new(Upstream::new(u))))
+            .collect();
+        let router = Router::new(&config);
+        let mut targets = Vec::new();
+        for route in router.routes() {
+            targets.push(match &route.target {
+                RouteTarget::Static(s) => {
+                    Target::Static(StaticFiles::new(s).map_err(|source| {
+                        StateError::StaticRoot {
+                            path: s.root.display().to_string(),
+                            source,
+                        }
+                    })?)
+                }
+                RouteTarget::Upstream(u) => Target::Upstream {
+                    upstream: upstreams
+                        .get(u.upstream.as_str())
+                        .cloned()
+                        .ok_or_else(|| StateError::UnknownUpstream(route.path.clone()))?,
+                    strip_prefix: u.strip_prefix,
+                },
+            });
+        }
+        let hsts = config
+            .tls
+            .as_ref()
+            .and_then(|t| t.hsts.as_deref())
+            .and_then(|h| HeaderValue::from_str(h).ok());
+        Ok(AppState {
+            config: Arc::new(config),
+            router,
+            targets,
+            hsts,
+        })
+    }
+}
+
+/// What the server knows about the connection a request came on.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+    /// Set on the plain listener when `redirect_http`: the https port.
+    pub redirect_https_port: Option<u16>,
+}
+
+/// Handles one request; returns the response and its access-log record.
+pub async fn handle(
+    state: Arc<AppState>,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+) -> (Response<Body>, AccessRecord) {
+    let start = Instant::now();
+    let request_id = request_id(req.headers());
+    let mut record = AccessRecord {
+        peer: conn.peer,
+        method: req.method().clone(),
+        path: req.uri().path().to_string(),
+        status: 0,
+        request_id: request_id.to_str().unwrap_or("-").to_string(),
+        start,
+        upstream_time: None,
+        error: None,
+    };
+
+    let mut resp = dispatch(&state, conn, req, &request_id, &mut record).await;
+
+    if let Some(note) = resp.extensions_mut().remove::<ErrorNote>() {
+        record.error = Some(note.0);
+    }
+    let h = resp.headers_mut();
+    h.insert(&X_REQUEST_ID, request_id);
+    if conn.tls {
+        if let Some(hsts) = &state.hsts {
+            h.insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+        }
+    }
+    record.status = resp.status().as_u16();
+    (resp, record)
+}
+
+async fn dispatch(
+    state: &AppState,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+    request_id: &HeaderValue,
+    record: &mut AccessRecord,
+) -> Response<Body> {
+    let server = &state.config.server;
+    if req.uri().path() == server.health_path {
+        return health();
+    }
+    if let Some(port) = conn.redirect_https_port {
+        return redirect_to_https(&req, port);
+    }
+    if has_dot_segment(req.uri().path()) {
+        return response::error_response(&GatewayError::BadPath);
+    }
+    let Some((index, route)) = state.router.route(req.uri().path()) else {
+        return response::error_response(&GatewayError::NoRoute);
+    };
+    let result = match &state.targets[index] {
+        Target::Static(files) => files
+            .serve(req, &route.path)
+            .await
+            .map_err(GatewayError::from),
+        Target::Upstream {
+            upstream,
+            strip_prefix,
+        } => {
+            let peer_ip = conn.peer.ip().to_canonical();
+            let ctx = ForwardCtx {
+                peer: conn.peer,
+                tls: conn.tls,
+                trusted: server.trusted_proxies.iter().any(|n| n.contains(&peer_ip)),
+                request_id,
+                inject: &[],
+                strip_prefix: strip_prefix.then_some(route.path.as_str()),
+                max_body_bytes: server.max_body_bytes,
+            };
+            let sent = Instant::now();
+            let r = proxy::forward(upstream, req, ctx).await;
+            record.upstream_time = Some(sent.elapsed());
+            r.map_err(GatewayError::from)
+        }
+    };
+    match result {
+        Ok(resp) => resp,
+        Err(e) => {
+            if e.is_server_side() {
+                tracing::debug!(error = %response::error_chain(&e), "request failed");
+            }
+            response::error_response(&e)
+        }
+    }
+}
+
+fn health() -> Response<Body> {
+    let mut resp = Response::new(response::full("ok"));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// 308 to the same host and path on https (the port shown unless 443).
+fn redirect_to_https(req: &Request<Incoming>, port: u16) -> Response<Body> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().host())
+        .and_then(|h| h.parse::<http::uri::Authority>().ok());
+    let Some(host) = host else {
+        return response::json_detail(StatusCode::BAD_REQUEST, "Missing Host header.");
+    };
+    let host = host.host();
+    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = if port == 443 {
+        format!("https://{host}{pq}")
+    } else {
+        format!("https://{host}:{port}{pq}")
+    };
+    let mut resp = Response::new(response::empty());
+    *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    match HeaderValue::from_str(&location) {
+        Ok(v) => {
+            resp.headers_mut().insert(header::LOCATION, v);
+            resp
+        }
+        Err(_) => response::json_detail(StatusCode::BAD_REQUEST, "Bad request."),
+    }
+}
+
+/// A valid client X-Request-Id (1 to 128 of `A-Za-z0-9._-`), else a new UUID.
+fn request_id(headers: &http::HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(&X_REQUEST_ID) {
+        let b = v.as_bytes();
+        if !b.is_empty()
+            && b.len() <= 128
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+        {
+            return v.clone();
+        }
+    }
+    let id = uuid::Uuid::new_v4();
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf))
+        .unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// Whether any segment of the path, percent-decoded, is `.` or `..`.
+pub fn has_dot_segment(path: &str) -> bool {
+    let decoded = percent_decode_str(path).decode_utf8_lossy();
+    decoded
+        .split(['/', '\\'])
+        .any(|seg| seg == "." || seg == "..")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_segments_in_any_spelling() {
+        assert!(has_dot_segment("/a/../b"));
+        assert!(has_dot_segment("/a/%2e%2E/b"));
+        assert!(has_dot_segment("/a/.%2e%2fb"));
+        assert!(has_dot_segment("/a/..%5cb"));
+        assert!(has_dot_segment("/./a"));
+        assert!(!has_dot_segment("/a/..b/c.d"));
+        assert!(!has_dot_segment("/"));
+    }
+
+    #[test]
+    fn request_ids() {
+        let mut h = http::HeaderMap::new();
+        h.insert("x-request-id", HeaderValue::from_static("abc-1.2_3"));
+        assert_eq!(request_id(&h), "abc-1.2_3");
+        h.insert("x-request-id", HeaderValue::from_static("bad id"));
+        assert_eq!(request_id(&h).len(), 36);
+        h.insert(
+            "x-request-id",
+            HeaderValue::from_str(&"a".repeat(129)).unwrap(),
+        );
+        assert_eq!(request_id(&h).len(), 36);
+    }
+}

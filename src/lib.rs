@@ -1,0 +1,27 @@
+//! `gateway`: a single-binary front door for an application server.
+//!
+//! # Layout
+//!
+//! The path of one request, module by module:
+//!
+//! - [`server`] binds nothing itself: it takes bound listeners, accepts,
+//!   finishes TLS ([`tls`]) within the header timeout, enforces connection
+//!   limits and timeouts, and hands each request to [`handler`].
+//! - [`handler`] is the request path, in order: request id and health,
+//!   route ([`router`]), then static files ([`static_files`]) or the reverse
+//!   proxy ([`proxy`]). Edge authentication slots in between routing and
+//!   dispatch.
+//! - [`response`] turns every error into a status and a small JSON body.
+//! - [`telemetry`] sets up logging and writes the access-log line.
+//! - [`config`] loads and validates the TOML file before anything binds.
+
+pub mod config;
+pub mod handler;
+pub mod healthcheck;
+pub mod proxy;
+pub mod response;
+pub mod router;
+pub mod server;
+pub mod static_files;
+pub mod telemetry;
+pub mod tls;

@@ -1,0 +1,185 @@
+//! The `gateway` binary: parse the command line, load the config, run the
+//! subcommand. The only home of anyhow: errors here are printed and the
+//! process exits.
+
+mod cli;
+
+use anyhow::Context;
+use clap::Parser;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use cli::{Cli, Command};
+use gateway::config::{self, Config, RouteTarget};
+use gateway::{handler, healthcheck, server, telemetry, tls};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config } => serve(&config.config),
+        Command::Check { config } => check(&config.config),
+        Command::Healthcheck {
+            config,
+            url,
+            timeout,
+        } => health(&config, url.as_deref(), timeout),
+    }
+}
+
+/// Exit code for a configuration that cannot be used (as `check`).
+const EXIT_CONFIG: u8 = 2;
+
+fn serve(path: &std::path::Path) -> ExitCode {
+    // Validate before binding any port.
+    let config = match config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    telemetry::init(&config.log);
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if config.server.workers > 0 {
+        rt.worker_threads(config.server.workers);
+    }
+    let rt = match rt.enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("gateway: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    if matches!(
+        config.tls.as_ref().map(|t| &t.default),
+        Some(config::CertSource::SelfSigned)
+    ) {
+        tracing::warn!("!!! tls.self_signed = true: serving a throwaway certificate for localhost. Development only: browsers and clients will not trust it !!!");
+    }
+    let listeners = server::Listeners::bind(&config).await?;
+    let handle = server::start(config, listeners).context("cannot start")?;
+    // A drain cut short by the grace period is still a clean, intended exit.
+    server::run_until_signalled(handle).await?;
+    Ok(())
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match check_config(path) {
+        Ok(config) => {
+            print!("{}", summary(&config));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e:#}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+/// Everything `serve` does before binding: parse, validate, load the
+/// certificates and open the static roots.
+fn check_config(path: &std::path::Path) -> anyhow::Result<Config> {
+    let config = config::load(path)?;
+    if let Some(t) = &config.tls {
+        tls::server_config(t).with_context(|| format!("{}: tls", path.display()))?;
+    }
+    handler::AppState::new(config.clone())
+        .with_context(|| format!("{}: routes", path.display()))?;
+    Ok(config)
+}
+
+fn summary(c: &Config) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "{}: OK", c.path.display());
+    let _ = writeln!(out, "listeners:");
+    let scheme = if c.tls.is_some() { "https" } else { "http" };
+    let _ = writeln!(
+        out,
+        "  {} ({scheme}, HTTP/1.1{})",
+        c.server.listen,
+        if c.tls.is_some() {
+            " + HTTP/2"
+        } else {
+            " + h2c"
+        }
+    );
+    if let Some(h) = c.server.http_listen {
+        let what = if c.server.redirect_http {
+            "redirects to https"
+        } else {
+            "serves the same routes"
+        };
+        let _ = writeln!(out, "  {h} (http, {what})");
+    }
+    let _ = writeln!(out, "  health: {}", c.server.health_path);
+    let _ = writeln!(out, "routes (match order):");
+    for r in &c.routes {
+        match &r.target {
+            RouteTarget::Static(s) => {
+                let _ = writeln!(out, "  {:<24} static {}", r.path, s.root.display());
+            }
+            RouteTarget::Upstream(u) => {
+                let strip = if u.strip_prefix {
+                    " (prefix stripped)"
+                } else {
+                    ""
+                };
+                let _ = writeln!(out, "  {:<24} upstream {}{strip}", r.path, u.upstream);
+            }
+        }
+    }
+    let _ = writeln!(out, "upstreams:");
+    for (name, u) in &c.upstreams {
+        let servers: Vec<String> = u.servers.iter().map(ToString::to_string).collect();
+        let _ = writeln!(
+            out,
+            "  {name}: {} (connect {:?}, timeout {:?})",
+            servers.join(", "),
+            u.connect_timeout,
+            u.timeout
+        );
+    }
+    out
+}
+
+fn health(config_path: &std::path::Path, url: Option<&str>, timeout: u64) -> ExitCode {
+    let target = match url {
+        Some(u) => healthcheck::Target::from_url(u),
+        None => config::load(config_path)
+            .map(|c| healthcheck::Target::from_config(&c))
+            .map_err(|e| {
+                eprintln!("{e}");
+                healthcheck::ProbeError::BadUrl(config_path.display().to_string())
+            }),
+    };
+    let target = match target {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("healthcheck: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match healthcheck::probe(&target, Duration::from_secs(timeout.max(1))) {
+        Ok(200) => ExitCode::SUCCESS,
+        Ok(code) => {
+            eprintln!("healthcheck: status {code}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("healthcheck: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! Header rules for proxied messages: hop-by-hop removal (RFC 9110 7.6.1)
+//! and the X-Forwarded-* / X-Real-IP set.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use std::net::IpAddr;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Headers that describe one connection, never the message, plus any the
+/// Connection header names. Removed in both directions.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Names listed in Connection are hop-by-hop too (collect first: we are
+    // about to mutate the map).
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+        &PROXY_CONNECTION,
+        &header::PROXY_AUTHENTICATE,
+        &header::PROXY_AUTHORIZATION,
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// The `Upgrade` value when this is an HTTP/1.1 upgrade request
+/// (`Connection: upgrade` plus `Upgrade: ...`).
+pub fn upgrade_request(headers: &HeaderMap) -> Option<HeaderValue> {
+    let wants = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if wants {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
+/// What the gateway knows about the client, for the forwarding headers.
+pub struct ClientFacts<'a> {
+    pub ip: IpAddr,
+    pub tls: bool,
+    /// The peer is a trusted proxy: its X-Forwarded-* values are believed.
+    pub trusted: bool,
+    /// The Host the client asked for.
+    pub host: Option<&'a HeaderValue>,
+}
+
+/// Sets X-Forwarded-For/-Proto/-Host and X-Real-IP.
+///
+/// SECURITY: a client can write any of these; only a trusted proxy's values
+/// survive. X-Forwarded-For from anyone else is replaced, not appended to,
+/// so an upstream reading its first entry cannot be fooled.
+pub fn set_forwarded(headers: &mut HeaderMap, facts: &ClientFacts) {
+    let ip = facts.ip.to_string();
+    let xff = if facts.trusted {
+        let prior: Vec<&str> = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .collect();
+        if prior.is_empty() {
+            ip.clone()
+        } else {
+            format!("{}, {ip}", prior.join(", "))
+        }
+    } else {
+        ip.clone()
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(&X_FORWARDED_FOR, v);
+    }
+    let keep = |h: &HeaderMap, n: &HeaderName| facts.trusted && h.contains_key(n);
+    if !keep(headers, &X_FORWARDED_PROTO) {
+        headers.insert(
+            &X_FORWARDED_PROTO,
+            HeaderValue::from_static(if facts.tls { "https" } else { "http" }),
+        );
+    }
+    if !keep(headers, &X_FORWARDED_HOST) {
+        match facts.host {
+            Some(h) => {
+                headers.insert(&X_FORWARDED_HOST, h.clone());
+            }
+            None => {
+                headers.remove(&X_FORWARDED_HOST);
+            }
+        }
+    }
+    if !keep(headers, &X_REAL_IP) {
+        if let Ok(v) = HeaderValue::from_str(&ip) {
+            headers.insert(&X_REAL_IP, v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("trailer", "x"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("proxy-connection", "keep-alive"),
+            ("proxy-authorization", "Basic x"),
+            ("proxy-authenticate", "Basic"),
+            ("x-keep", "yes"),
+        ]);
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-keep"], "yes");
+    }
+
+    #[test]
+    fn untrusted_forwarded_values_are_replaced() {
+        let mut h = map(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+            ("x-real-ip", "6.6.6.6"),
+            ("x-forwarded-host", "evil"),
+        ]);
+        let host = HeaderValue::from_static("example.com");
+        set_forwarded(
+            &mut h,
+            &ClientFacts {
+                ip: "10.1.2.3".parse().unwrap(),
+                tls: false,
+                trusted: false,
+                host: Some(&host),
+            },
+        );
+        assert_eq!(h["x-forwarded-for"], "10.1.2.3");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-real-ip"], "10.1.2.3");
+        assert_eq!(h["x-forwarded-host"], "example.com");
+    }
+
+    #[test]
+    fn trusted_forwarded_for_is_appended_to() {
+        let mut h = map(&[
+            ("x-forwarded-for", "1.1.1.1, 2.2.2.2"),
+            ("x-forwarded-for", "3.3.3.3"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        set_forwarded(
+            &mut h,
+            &ClientFacts {
+                ip: "10.0.0.1".parse().unwrap(),
+                tls: false,
+                trusted: true,
+                host: None,
+            },
+        );
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn upgrade_detection() {
+        assert!(upgrade_request(&map(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket")
+        ]))
+        .is_some());
+        assert!(upgrade_request(&map(&[("upgrade", "websocket")])).is_none());
+    }
+}

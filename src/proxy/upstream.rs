@@ -1,0 +1,70 @@
+//! An upstream: one or more servers of the same application, each with its
+//! own connection pool, picked round robin.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::client::{self, UpstreamClient};
+use crate::config::{UpstreamAddr, UpstreamConfig};
+
+pub struct Upstream {
+    pub config: UpstreamConfig,
+    servers: Vec<Server>,
+    next: AtomicUsize,
+}
+
+pub struct Server {
+    pub addr: UpstreamAddr,
+    pub client: UpstreamClient,
+    /// The Host header sent when `preserve_host = false`.
+    pub host: http::HeaderValue,
+    /// The authority of the URIs given to the client (its pool key).
+    pub authority: http::uri::Authority,
+}
+
+impl Upstream {
+    pub fn new(config: &UpstreamConfig) -> Self {
+        let servers = config
+            .servers
+            .iter()
+            .map(|addr| Server {
+                addr: addr.clone(),
+                client: client::build(addr, config),
+                host: match addr {
+                    UpstreamAddr::Tcp { authority } => http::HeaderValue::from_str(authority)
+                        .unwrap_or_else(|_| http::HeaderValue::from_static("localhost")),
+                    UpstreamAddr::Unix { .. } => http::HeaderValue::from_static("localhost"),
+                },
+                authority: match addr {
+                    UpstreamAddr::Tcp { authority } => authority
+                        .parse()
+                        .unwrap_or_else(|_| http::uri::Authority::from_static("localhost")),
+                    UpstreamAddr::Unix { .. } => http::uri::Authority::from_static("localhost"),
+                },
+            })
+            .collect();
+        Upstream {
+            config: config.clone(),
+            servers,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// The server for the next request (round robin).
+    pub fn pick(&self) -> Option<&Server> {
+        match self.servers.len() {
+            0 => None,
+            1 => self.servers.first(),
+            n => self
+                .servers
+                .get(self.next.fetch_add(1, Ordering::Relaxed) % n),
+        }
+    }
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("name", &self.config.name)
+            .finish()
+    }
+}

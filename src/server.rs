@@ -1,0 +1,588 @@
+//! Accepting connections and serving them: TLS handshake within the header
+//! timeout, HTTP/1.1 and HTTP/2 (hyper-util auto), connection limits,
+//! header-read and idle timeouts, graceful drain, and reload.
+//!
+//! The server never binds its own sockets: `start` takes bound listeners,
+//! so tests bind 127.0.0.1:0 and read the address back.
+//!
+//! Timeouts are kept by a per-connection watchdog rather than hyper's own
+//! header timeout, because hyper starts that timer as soon as it waits for
+//! the next request, which would cut idle keep-alive connections at the
+//! header timeout. Here: from accept, and from the first byte of each later
+//! request, the headers must arrive within `header_read_timeout`; a
+//! connection with nothing in flight and no bytes read is closed after
+//! `idle_timeout`.
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::Request;
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::{self, Config};
+use crate::handler::{self, AppState, ConnInfo};
+use crate::response::{Body, BoxError};
+use crate::telemetry::AccessRecord;
+use crate::tls;
+
+/// The bound sockets the server serves.
+pub struct Listeners {
+    /// The main listener: TLS when the config has `[tls]`.
+    pub main: TcpListener,
+    /// The optional plain-HTTP listener (`http_listen`).
+    pub http: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the addresses the config names.
+    pub async fn bind(config: &Config) -> io::Result<Self> {
+        let main = bind(config.server.listen).await?;
+        let http = match config.server.http_listen {
+            Some(a) => Some(bind(a).await?),
+            None => None,
+        };
+        Ok(Listeners { main, http })
+    }
+}
+
+async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    State(#[from] handler::StateError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("cannot read listener address")]
+    Io(#[from] io::Error),
+}
+
+/// State shared by every connection; swapped whole on reload.
+struct Shared {
+    app: ArcSwap<AppState>,
+    tls: ArcSwap<Option<TlsAcceptor>>,
+    http: auto::Builder<TokioExecutor>,
+    /// Settings fixed at start (listeners and limits do not reload).
+    header_read_timeout: Duration,
+    idle_timeout: Duration,
+    access_log: ArcSwap<bool>,
+}
+
+/// A running server: addresses, reload and shutdown.
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+    config_path: PathBuf,
+    shutdown: watch::Sender<bool>,
+    /// Closed when every accept loop and connection task has ended.
+    done: mpsc::Receiver<()>,
+    pub main_addr: SocketAddr,
+    pub http_addr: Option<SocketAddr>,
+    shutdown_grace: Duration,
+}
+
+/// Starts serving `listeners` with `config`. Must run inside a Tokio runtime.
+pub fn start(config: Config, listeners: Listeners) -> Result<ServerHandle, ServerError> {
+    let tls = match &config.tls {
+        Some(t) => Some(TlsAcceptor::from(tls::server_config(t)?)),
+        None => None,
+    };
+    let s = &config.server;
+    let mut http = auto::Builder::new(TokioExecutor::new());
+    http.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        // Headers larger than this buffer are answered 431 by hyper.
+        .max_buf_size(s.max_header_bytes.max(8192));
+    http.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX));
+    let main_addr = listeners.main.local_addr()?;
+    let http_addr = match &listeners.http {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
+    let redirect_port = (s.redirect_http && tls.is_some()).then_some(s.listen.port());
+    // With port 0 in the config (tests), redirect to the port really bound.
+    let redirect_port = redirect_port.map(|p| if p == 0 { main_addr.port() } else { p });
+    let limit = Arc::new(Semaphore::new(s.max_connections));
+    let shutdown_grace = s.shutdown_grace;
+    let config_path = config.path.clone();
+    let main_is_tls = tls.is_some();
+    let shared = Arc::new(Shared {
+        header_read_timeout: s.header_read_timeout,
+        idle_timeout: s.idle_timeout,
+        access_log: ArcSwap::from_pointee(config.log.access_log),
+        app: ArcSwap::from_pointee(AppState::new(config)?),
+        tls: ArcSwap::from_pointee(tls),
+        http,
+    });
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (done_tx, done_rx) = mpsc::channel::<()>(1);
+    tokio::spawn(accept_loop(
+        listeners.main,
+        shared.clone(),
+        Mode {
+            tls: main_is_tls,
+            redirect_https_port: None,
+        },
+        limit.clone(),
+        shutdown_rx.clone(),
+        done_tx.clone(),
+    ));
+    if let Some(l) = listeners.http {
+        tokio::spawn(accept_loop(
+            l,
+            shared.clone(),
+            Mode {
+                tls: false,
+                redirect_https_port: redirect_port,
+            },
+            limit,
+            shutdown_rx,
+            done_tx,
+        ));
+    }
+    tracing::info!(listen = %main_addr, tls = main_is_tls, http_listen = ?http_addr, "gateway listening");
+    Ok(ServerHandle {
+        shared,
+        config_path,
+        shutdown: shutdown_tx,
+        done: done_rx,
+        main_addr,
+        http_addr,
+        shutdown_grace,
+    })
+}
+
+impl ServerHandle {
+    /// Re-reads the config file and swaps in the new routes, upstreams and
+    /// certificates. An invalid config is refused; the old one keeps serving.
+    pub fn reload(&self) -> Result<(), ServerError> {
+        let config = config::load(&self.config_path)?;
+        self.reload_with(config)
+    }
+
+    /// Swaps in `config` (listeners, workers and timeouts need a restart).
+    pub fn reload_with(&self, config: Config) -> Result<(), ServerError> {
+        let tls = match &config.tls {
+            Some(t) => Some(TlsAcceptor::from(tls::server_config(t)?)),
+            None => None,
+        };
+        let access_log = config.log.access_log;
+        let app = AppState::new(config)?;
+        // Only switch TLS off/on if the listener kind stays the same.
+        if tls.is_some() == self.shared.tls.load().is_some() {
+            self.shared.tls.store(Arc::new(tls));
+        } else {
+            tracing::warn!(
+                "adding or removing [tls] needs a restart; keeping the listener as it is"
+            );
+        }
+        self.shared.access_log.store(Arc::new(access_log));
+        self.shared.app.store(Arc::new(app));
+        tracing::info!("configuration reloaded");
+        Ok(())
+    }
+
+    /// Stops accepting and asks every connection to finish what it has in
+    /// flight and close.
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Waits until every connection has closed, or `shutdown_grace` has
+    /// passed since this was called. Returns whether the drain completed.
+    pub async fn drain(mut self) -> bool {
+        self.shutdown();
+        tokio::time::timeout(self.shutdown_grace, self.done.recv())
+            .await
+            .is_ok()
+    }
+}
+
+/// Runs until SIGTERM or SIGINT, reloading on SIGHUP, then drains.
+pub async fn run_until_signalled(handle: ServerHandle) -> io::Result<bool> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                if let Err(e) = handle.reload() {
+                    tracing::error!("reload refused, still serving the previous configuration:\n{e}");
+                }
+            }
+        }
+    }
+    tracing::info!(grace = ?handle.shutdown_grace, "shutting down: finishing requests in flight");
+    let clean = handle.drain().await;
+    if clean {
+        tracing::info!("all connections closed");
+    } else {
+        tracing::warn!("shutdown grace expired with connections still open");
+    }
+    Ok(clean)
+}
+
+#[derive(Clone, Copy)]
+struct Mode {
+    tls: bool,
+    redirect_https_port: Option<u16>,
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mode: Mode,
+    limit: Arc<Semaphore>,
+    mut shutdown: watch::Receiver<bool>,
+    done: mpsc::Sender<()>,
+) {
+    loop {
+        // Past max_connections, stop accepting until one closes (the
+        // kernel backlog holds the rest), as nginx does.
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = shutdown.changed() => return,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::error!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            serve_connection(stream, peer, shared, mode, shutdown).await;
+            drop(permit);
+            drop(done);
+        });
+    }
+}
+
+/// Milliseconds since the first call: a cheap shared clock for watchdogs.
+fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    u64::try_from(epoch.elapsed().as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+/// What the watchdog needs to know about a connection.
+struct Activity {
+    /// Requests whose response has not been fully sent.
+    in_flight: AtomicUsize,
+    /// When reading of the next request's head began (0: not reading).
+    head_started: AtomicU64,
+    /// When the connection last became idle.
+    idle_since: AtomicU64,
+    /// Wakes the watchdog when a head starts, to arm the shorter timer.
+    wake: Notify,
+}
+
+impl Activity {
+    fn on_read(&self) {
+        if self.in_flight.load(Ordering::Acquire) == 0
+            && self
+                .head_started
+                .compare_exchange(0, now_ms(), Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            self.wake.notify_one();
+        }
+    }
+
+    fn request_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.head_started.store(0, Ordering::Release);
+    }
+
+    fn request_finished(&self) {
+        self.idle_since.store(now_ms(), Ordering::Release);
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Resolves when the connection has broken a timeout.
+    async fn expired(&self, header_timeout: Duration, idle_timeout: Duration) -> &'static str {
+        let header_ms = u64::try_from(header_timeout.as_millis()).unwrap_or(u64::MAX);
+        let idle_ms = u64::try_from(idle_timeout.as_millis()).unwrap_or(u64::MAX);
+        loop {
+            let now = now_ms();
+            let (deadline, why) = if self.in_flight.load(Ordering::Acquire) > 0 {
+                // Nothing to enforce while a request is being served.
+                (now.saturating_add(idle_ms), "")
+            } else {
+                let head = self.head_started.load(Ordering::Acquire);
+                if head != 0 {
+                    (head.saturating_add(header_ms), "header read timeout")
+                } else {
+                    (
+                        self.idle_since
+                            .load(Ordering::Acquire)
+                            .saturating_add(idle_ms),
+                        "idle timeout",
+                    )
+                }
+            };
+            if !why.is_empty() && now >= deadline {
+                return why;
+            }
+            let wait = Duration::from_millis(deadline.saturating_sub(now).max(1));
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.wake.notified() => {}
+            }
+        }
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    mode: Mode,
+    shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let activity = Arc::new(Activity {
+        in_flight: AtomicUsize::new(0),
+        // The first request's head is due header_read_timeout after accept.
+        head_started: AtomicU64::new(now_ms()),
+        idle_since: AtomicU64::new(now_ms()),
+        wake: Notify::new(),
+    });
+    let conn_info = Arc::new(ConnInfo {
+        peer,
+        tls: mode.tls,
+        redirect_https_port: mode.redirect_https_port,
+    });
+    if mode.tls {
+        let acceptor = shared.tls.load_full();
+        let Some(acceptor) = acceptor.as_ref().clone() else {
+            return;
+        };
+        // The handshake counts against the header timeout (slowloris).
+        let tls =
+            match tokio::time::timeout(shared.header_read_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+        let io = Tracked {
+            inner: tls,
+            activity: activity.clone(),
+        };
+        drive(io, shared, conn_info, activity, shutdown).await;
+    } else {
+        let io = Tracked {
+            inner: stream,
+            activity: activity.clone(),
+        };
+        drive(io, shared, conn_info, activity, shutdown).await;
+    }
+}
+
+async fn drive<IO>(
+    io: Tracked<IO>,
+    shared: Arc<Shared>,
+    conn_info: Arc<ConnInfo>,
+    activity: Arc<Activity>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = {
+        let shared = shared.clone();
+        let activity = activity.clone();
+        service_fn(move |req: Request<Incoming>| {
+            let shared = shared.clone();
+            let activity = activity.clone();
+            let conn_info = conn_info.clone();
+            async move {
+                activity.request_started();
+                let app = shared.app.load_full();
+                let (resp, record) = handler::handle(app, &conn_info, req).await;
+                let log = **shared.access_log.load();
+                let finish = Finish {
+                    record: log.then_some(record),
+                    bytes: 0,
+                    activity,
+                };
+                Ok::<_, Infallible>(resp.map(|inner| Done { inner, finish }))
+            }
+        })
+    };
+    let conn = shared
+        .http
+        .serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let mut draining = *shutdown.borrow();
+    if draining {
+        conn.as_mut().graceful_shutdown();
+    }
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            why = activity.expired(shared.header_read_timeout, shared.idle_timeout) => {
+                tracing::debug!(reason = why, "closing connection");
+                return;
+            }
+            _ = shutdown.changed(), if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
+
+/// The connection's IO, noting reads for the watchdog.
+struct Tracked<IO> {
+    inner: IO,
+    activity: Arc<Activity>,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Tracked<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.activity.on_read();
+        }
+        r
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// A response body that, once sent or dropped, writes the access-log line
+/// and tells the watchdog the request is done.
+struct Done {
+    inner: Body,
+    finish: Finish,
+}
+
+struct Finish {
+    record: Option<AccessRecord>,
+    bytes: u64,
+    activity: Arc<Activity>,
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        if let Some(record) = self.record.take() {
+            record.log(self.bytes);
+        }
+        self.activity.request_finished();
+    }
+}
+
+impl http_body::Body for Done {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &r {
+            if let Some(d) = frame.data_ref() {
+                this.finish.bytes += d.len() as u64;
+            }
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl std::fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("main_addr", &self.main_addr)
+            .field("http_addr", &self.http_addr)
+            .finish()
+    }
+}

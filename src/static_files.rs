@@ -1,0 +1,370 @@
+//! Static files from disk, on tower-http's `ServeDir`, which brings
+//! Content-Type, Last-Modified / If-Modified-Since, Range (206/416), HEAD,
+//! index.html for directories, precompressed `.br`/`.gz` siblings, and
+//! streaming from the file (never read whole into memory).
+//!
+//! What this module adds, in the order `serve` applies it:
+//! 1. GET and HEAD only (405 with Allow otherwise).
+//! 2. SECURITY: path checks before the disk is touched. Encoded slashes and
+//!    backslashes (`%2f`, `%5c`, `\`), NUL (raw or `%00`), invalid UTF-8,
+//!    and `.`/`..` segments in raw or decoded form are refused (400);
+//!    hidden files (a segment starting with '.') are not served (404). A
+//!    path that normalises out of the route's prefix never reaches here.
+//! 3. SECURITY: containment. The file is canonicalised (following
+//!    symlinks) and must still lie under the canonical root, so a symlink
+//!    pointing outside the root answers 404, never 403 (403 would confirm
+//!    the file exists).
+//! 4. ETag (from size and modification time, per encoding) and
+//!    If-None-Match -> 304, which ServeDir lacks.
+//! 5. ServeDir answers; a miss becomes the SPA `fallback` file or 404.
+//! 6. Cache-Control per route, `X-Content-Type-Options: nosniff`,
+//!    `Vary: Accept-Encoding` when precompressed files may be chosen.
+//!
+//! No directory listings exist: ServeDir has none.
+
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http_body_util::BodyExt;
+use percent_encoding::percent_decode_str;
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+use tower_http::services::ServeDir;
+
+use crate::config::StaticRoute;
+use crate::response::{Body, BoxError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StaticError {
+    #[error("file not found")]
+    NotFound,
+    #[error("request path refused by the static file checks")]
+    BadPath,
+    #[error("method not allowed on a static route")]
+    MethodNotAllowed,
+    #[error("reading a static file failed")]
+    Io(#[source] std::io::Error),
+}
+
+/// One static route's file server.
+pub struct StaticFiles {
+    /// Canonical root: containment checks compare against it.
+    root: PathBuf,
+    serve: ServeDir,
+    cache_control: Option<HeaderValue>,
+    fallback: Option<String>,
+    precompressed: bool,
+}
+
+impl StaticFiles {
+    pub fn new(route: &StaticRoute) -> std::io::Result<Self> {
+        let root = std::fs::canonicalize(&route.root)?;
+        let mut serve = ServeDir::new(&root).append_index_html_on_directories(true);
+        if route.precompressed {
+            serve = serve.precompressed_br().precompressed_gzip();
+        }
+        Ok(StaticFiles {
+            root,
+            serve,
+            cache_control: route
+                .cache_control
+                .as_deref()
+                .and_then(|c| HeaderValue::from_str(c).ok()),
+            fallback: route.fallback.clone(),
+            precompressed: route.precompressed,
+        })
+    }
+
+    /// Serves `req` from this root. `prefix` is the route prefix, removed
+    /// from the path to find the file.
+    pub async fn serve<B>(
+        &self,
+        req: Request<B>,
+        prefix: &str,
+    ) -> Result<Response<Body>, StaticError> {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return Err(StaticError::MethodNotAllowed);
+        }
+        let raw = req.uri().path();
+        let rel = relative_path(raw, prefix)?;
+        let segments = checked_segments(rel)?;
+
+        let mut candidate = self.root.clone();
+        candidate.extend(&segments);
+        let found = self.contained(&candidate).await;
+        let (rel, file) = match found {
+            Some(file) => (rel.to_string(), file),
+            None => match &self.fallback {
+                Some(f) => {
+                    let p = self.root.join(f);
+                    match self.contained(&p).await {
+                        Some(file) => (format!("/{f}"), file),
+                        None => return Err(StaticError::NotFound),
+                    }
+                }
+                None => return Err(StaticError::NotFound),
+            },
+        };
+
+        let meta = tokio::fs::metadata(&file).await.map_err(StaticError::Io)?;
+        let etag = etag_base(&meta);
+        if let Some(inm) = req.headers().get(header::IF_NONE_MATCH) {
+            if if_none_match_hits(inm, &etag) {
+                return Ok(self.not_modified(&etag, &meta));
+            }
+        }
+
+        // Hand ServeDir only what it needs, with the route-relative path.
+        let mut inner = Request::builder()
+            .method(req.method().clone())
+            .uri(Uri::try_from(rel.as_str()).map_err(|_| StaticError::BadPath)?)
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .map_err(|_| StaticError::BadPath)?;
+        copy_headers(req.headers(), inner.headers_mut());
+        let resp = self
+            .serve
+            .clone()
+            .try_call(inner)
+            .await
+            .map_err(StaticError::Io)?;
+
+        let status = resp.status();
+        if status == StatusCode::NOT_FOUND {
+            return Err(StaticError::NotFound);
+        }
+        let mut resp = resp.map(|b| b.map_err(BoxError::from).boxed_unsync());
+        let h = resp.headers_mut();
+        if status == StatusCode::TEMPORARY_REDIRECT {
+            // ServeDir saw the route-relative path: put the prefix back.
+            if let Some(loc) = h.get(header::LOCATION).and_then(|l| l.to_str().ok()) {
+                let full = format!("{}{}", prefix.trim_end_matches('/'), loc);
+                if let Ok(v) = HeaderValue::from_str(&full) {
+                    h.insert(header::LOCATION, v);
+                }
+            }
+            return Ok(resp);
+        }
+        if status.is_success() || status == StatusCode::NOT_MODIFIED {
+            let encoding = h
+                .get(header::CONTENT_ENCODING)
+                .and_then(|e| e.to_str().ok())
+                .map(str::to_owned);
+            if let Ok(v) = HeaderValue::from_str(&etag_for(&etag, encoding.as_deref())) {
+                h.insert(header::ETAG, v);
+            }
+        }
+        self.common_headers(h);
+        Ok(resp)
+    }
+
+    fn not_modified(&self, etag: &str, meta: &std::fs::Metadata) -> Response<Body> {
+        let mut resp = Response::new(crate::response::empty());
+        *resp.status_mut() = StatusCode::NOT_MODIFIED;
+        let h = resp.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&etag_for(etag, None)) {
+            h.insert(header::ETAG, v);
+        }
+        if let Ok(m) = meta.modified() {
+            if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(m)) {
+                h.insert(header::LAST_MODIFIED, v);
+            }
+        }
+        self.common_headers(h);
+        resp
+    }
+
+    fn common_headers(&self, h: &mut HeaderMap) {
+        if let Some(cc) = &self.cache_control {
+            h.insert(header::CACHE_CONTROL, cc.clone());
+        }
+        h.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        if self.precompressed {
+            h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+        }
+    }
+
+    /// The canonical path of `candidate` (or of its index.html when it is a
+    /// directory) if it exists and lies under the root.
+    async fn contained(&self, candidate: &Path) -> Option<PathBuf> {
+        let canonical = tokio::fs::canonicalize(candidate).await.ok()?;
+        // SECURITY: a symlink may point anywhere; only what resolves inside
+        // the root is served.
+        if !canonical.starts_with(&self.root) {
+            return None;
+        }
+        let meta = tokio::fs::metadata(&canonical).await.ok()?;
+        if meta.is_dir() {
+            let index = tokio::fs::canonicalize(canonical.join("index.html"))
+                .await
+                .ok()?;
+            if !index.starts_with(&self.root) {
+                return None;
+            }
+            // The directory itself is what ServeDir is asked for; it
+            // appends index.html (or redirects to add the slash).
+            return Some(index);
+        }
+        meta.is_file().then_some(canonical)
+    }
+}
+
+/// The path below the route prefix, still percent-encoded, starting '/'.
+fn relative_path<'a>(raw: &'a str, prefix: &str) -> Result<&'a str, StaticError> {
+    let trimmed = prefix.trim_end_matches('/');
+    let rest = raw.strip_prefix(trimmed).ok_or(StaticError::NotFound)?;
+    if rest.is_empty() {
+        Ok("/")
+    } else if rest.starts_with('/') {
+        Ok(rest)
+    } else {
+        Err(StaticError::NotFound)
+    }
+}
+
+/// Splits a route-relative, percent-encoded path into checked, decoded
+/// segments (see the module doc, step 2).
+pub fn checked_segments(rel: &str) -> Result<Vec<String>, StaticError> {
+    let lower = rel.to_ascii_lowercase();
+    // SECURITY: an encoded separator or NUL has no business in a file path;
+    // decoding it later would let it act as one.
+    if lower.contains("%2f") || lower.contains("%5c") || lower.contains("%00") || rel.contains('\\')
+    {
+        return Err(StaticError::BadPath);
+    }
+    let mut out = Vec::new();
+    for raw_seg in rel.split('/') {
+        if raw_seg.is_empty() {
+            continue;
+        }
+        let seg = percent_decode_str(raw_seg)
+            .decode_utf8()
+            .map_err(|_| StaticError::BadPath)?;
+        if seg.contains('\0') || seg.contains('\\') || seg.contains('/') {
+            return Err(StaticError::BadPath);
+        }
+        if seg == "." || seg == ".." {
+            return Err(StaticError::BadPath);
+        }
+        if seg.starts_with('.') {
+            // Hidden files (.env, .git) are never served.
+            return Err(StaticError::NotFound);
+        }
+        out.push(seg.into_owned());
+    }
+    Ok(out)
+}
+
+fn copy_headers(from: &HeaderMap, to: &mut HeaderMap) {
+    for name in [
+        header::ACCEPT_ENCODING,
+        header::RANGE,
+        header::IF_MODIFIED_SINCE,
+        header::IF_UNMODIFIED_SINCE,
+    ] {
+        if let Some(v) = from.get(&name) {
+            to.insert(name, v.clone());
+        }
+    }
+    // RFC 9110 13.1.3: If-Modified-Since is ignored when If-None-Match is
+    // present (it did not match, or we would have answered 304 already).
+    if from.contains_key(header::IF_NONE_MATCH) {
+        to.remove(header::IF_MODIFIED_SINCE);
+    }
+}
+
+/// `size-mtime` in hex: changes whenever the file does.
+fn etag_base(meta: &std::fs::Metadata) -> String {
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|m| m.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    format!("{:x}-{:x}", meta.len(), mtime)
+}
+
+/// A strong ETag per representation: a `.br` body differs from the plain one.
+fn etag_for(base: &str, encoding: Option<&str>) -> String {
+    match encoding {
+        Some(e) if e != "identity" => format!("\"{base}-{e}\""),
+        _ => format!("\"{base}\""),
+    }
+}
+
+/// Weak comparison (RFC 9110 13.1.2) against any representation of the file.
+fn if_none_match_hits(value: &HeaderValue, base: &str) -> bool {
+    let Ok(v) = value.to_str() else { return false };
+    v.split(',').any(|tag| {
+        let tag = tag.trim();
+        if tag == "*" {
+            return true;
+        }
+        let tag = tag.strip_prefix("W/").unwrap_or(tag);
+        let Some(inner) = tag.strip_prefix('"').and_then(|t| t.strip_suffix('"')) else {
+            return false;
+        };
+        inner == base
+            || inner
+                .strip_prefix(base)
+                .is_some_and(|rest| rest.starts_with('-') && !rest[1..].contains('-'))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traversal_forms_are_refused() {
+        for p in [
+            "/../etc/passwd",
+            "/%2e%2e/etc/passwd",
+            "/a/%2E%2E/b",
+            "/a%2fb",
+            "/a%2Fb",
+            "/a%5cb",
+            "/a\\b",
+            "/a%00b",
+            "/./a",
+            "/%ff",
+        ] {
+            assert!(
+                matches!(checked_segments(p), Err(StaticError::BadPath)),
+                "{p}"
+            );
+        }
+        assert!(matches!(
+            checked_segments("/.env"),
+            Err(StaticError::NotFound)
+        ));
+        assert_eq!(
+            checked_segments("/css/site%20x.css").unwrap(),
+            vec!["css", "site x.css"]
+        );
+    }
+
+    #[test]
+    fn relative_path_stays_in_prefix() {
+        assert_eq!(
+            relative_path("/static/a.css", "/static/").unwrap(),
+            "/a.css"
+        );
+        assert_eq!(relative_path("/static", "/static/").unwrap(), "/");
+        assert!(relative_path("/staticx", "/static/").is_err());
+    }
+
+    #[test]
+    fn etag_matching() {
+        let v = HeaderValue::from_static("W/\"10-5\", \"zz\"");
+        assert!(if_none_match_hits(&v, "10-5"));
+        assert!(if_none_match_hits(
+            &HeaderValue::from_static("\"10-5-br\""),
+            "10-5"
+        ));
+        assert!(!if_none_match_hits(
+            &HeaderValue::from_static("\"10-6\""),
+            "10-5"
+        ));
+        assert!(if_none_match_hits(&HeaderValue::from_static("*"), "10-5"));
+    }
+}
