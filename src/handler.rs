@@ -1,13 +1,19 @@
 //! THE request path. `handle` reads top to bottom in this order:
 //!
 //! 1. Give the request an id (a valid client `X-Request-Id` is kept).
-//! 2. Answer the health path, on every listener, never proxied.
-//! 3. On the plain listener with `redirect_http`, answer 308 to https.
-//! 4. SECURITY: refuse dot segments (`.`/`..`, also percent-encoded) so a
+//! 2. SECURITY: strip every identity header the client sent (any case,
+//!    `_` spellings too), before anything else reads the headers.
+//! 3. Answer the health path, on every listener, never proxied.
+//! 4. On the plain listener with `redirect_http`, answer 308 to https.
+//! 5. SECURITY: refuse dot segments (`.`/`..`, also percent-encoded) so a
 //!    path can never normalise out of the route that matched it.
-//! 5. Route: the longest matching prefix.
-//! 6. Dispatch: static files or the reverse proxy.
-//! 7. Errors become responses in `response`; every response gets the
+//! 6. Route: the longest matching prefix, with its policy.
+//! 7. Methods the route does not allow: 405 with Allow, before any auth.
+//! 8. Authenticate (Bearer JWT) and authorise (required / optional / none
+//!    and claim rules): 401 or 403. CORS preflights pass anonymously.
+//! 9. Dispatch: static files, or the reverse proxy with the identity
+//!    headers built from the verified claims.
+//! 10. Errors become responses in `response`; every response gets the
 //!    request id and, on TLS, the HSTS header. The access log line is
 //!    written by the server once the body has been sent.
 
@@ -20,11 +26,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::config::{Config, RouteTarget};
+use crate::auth::identity::{self, Strip};
+use crate::auth::{policy, AuthError, AuthSetupError, Authenticator, Identity};
+use crate::config::{AuthMode, Config, RoutePolicy, RouteTarget};
 use crate::proxy::{self, ForwardCtx, Upstream};
 use crate::response::{self, Body, ErrorNote, GatewayError};
 use crate::router::Router;
 use crate::static_files::StaticFiles;
+use crate::store::RevokedFamilies;
 use crate::telemetry::AccessRecord;
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -37,6 +46,9 @@ pub struct AppState {
     /// One per route, in the router's order.
     targets: Vec<Target>,
     hsts: Option<HeaderValue>,
+    /// None when the config has no [jwt]: every route is then "none".
+    auth: Option<Authenticator>,
+    strip: Strip,
 }
 
 enum Target {
@@ -58,6 +70,8 @@ pub enum StateError {
     },
     #[error("route {0} names an unknown upstream")]
     UnknownUpstream(String),
+    #[error(transparent)]
+    Auth(#[from] AuthSetupError),
 }
 
 impl AppState {
@@ -93,12 +107,32 @@ impl AppState {
             .as_ref()
             .and_then(|t| t.hsts.as_deref())
             .and_then(|h| HeaderValue::from_str(h).ok());
+        let revoked = Arc::new(RevokedFamilies::new());
+        let auth = config
+            .jwt
+            .as_ref()
+            .map(|j| Authenticator::new(j, revoked.clone()))
+            .transpose()?;
+        let strip = Strip::new(&config.identity);
         Ok(AppState {
             config: Arc::new(config),
             router,
             targets,
             hsts,
+            auth,
+            strip,
         })
+    }
+
+    /// Starts background work (fetching trusted issuers' keys).
+    pub fn start(&self) {
+        if let Some(a) = &self.auth {
+            a.start();
+        }
+    }
+
+    pub fn authenticator(&self) -> Option<&Authenticator> {
+        self.auth.as_ref()
     }
 }
 
@@ -149,11 +183,15 @@ pub async fn handle(
 async fn dispatch(
     state: &AppState,
     conn: &ConnInfo,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     request_id: &HeaderValue,
     record: &mut AccessRecord,
 ) -> Response<Body> {
     let server = &state.config.server;
+    let stripped = state.strip.apply(req.headers_mut());
+    if stripped > 0 {
+        tracing::debug!(stripped, "removed client-sent identity headers");
+    }
     if req.uri().path() == server.health_path {
         return health();
     }
@@ -166,6 +204,17 @@ async fn dispatch(
     let Some((index, route)) = state.router.route(req.uri().path()) else {
         return response::error_response(&GatewayError::NoRoute);
     };
+    let identity = match authorize(state, &route.policy, &req).await {
+        Ok(identity) => identity,
+        Err(e) => return response::error_response(&e),
+    };
+    let inject = match &identity {
+        Some(id) => identity::build(&state.config.identity, &id.claims),
+        None => Vec::new(),
+    };
+    if !state.config.identity.forward_token {
+        req.headers_mut().remove(header::AUTHORIZATION);
+    }
     let result = match &state.targets[index] {
         Target::Static(files) => files
             .serve(req, &route.path)
@@ -181,7 +230,7 @@ async fn dispatch(
                 tls: conn.tls,
                 trusted: server.trusted_proxies.iter().any(|n| n.contains(&peer_ip)),
                 request_id,
-                inject: &[],
+                inject: &inject,
                 strip_prefix: strip_prefix.then_some(route.path.as_str()),
                 max_body_bytes: server.max_body_bytes,
             };
@@ -200,6 +249,54 @@ async fn dispatch(
             response::error_response(&e)
         }
     }
+}
+
+/// Steps 7 and 8: the route's methods, then its auth mode and claim rules.
+async fn authorize(
+    state: &AppState,
+    policy: &RoutePolicy,
+    req: &Request<Incoming>,
+) -> Result<Option<Identity>, GatewayError> {
+    // Browsers send CORS preflights without credentials: they pass
+    // anonymously (identity headers already stripped) so the app can
+    // answer them.
+    if is_preflight(req) {
+        return Ok(None);
+    }
+    if !policy::method_allowed(policy, req.method()) {
+        return Err(GatewayError::MethodNotAllowed {
+            method: req.method().clone(),
+            allow: policy::allow_header(policy),
+        });
+    }
+    if policy.auth == AuthMode::None {
+        return Ok(None);
+    }
+    let Some(auth) = &state.auth else {
+        // Config validation refuses auth modes without [jwt].
+        return Ok(None);
+    };
+    let fail = |err: AuthError| GatewayError::Auth {
+        err,
+        scheme: auth.scheme().to_string(),
+    };
+    let identity = match auth.bearer(req.headers()).map_err(fail)? {
+        Some(token) => auth.verify_access(token).await.map_err(fail)?,
+        None if policy.auth == AuthMode::Optional => return Ok(None),
+        None => return Err(fail(AuthError::NoCredentials)),
+    };
+    if !policy::claims_satisfy(&policy.require, &identity.claims) {
+        return Err(fail(AuthError::Forbidden));
+    }
+    Ok(Some(identity))
+}
+
+fn is_preflight(req: &Request<Incoming>) -> bool {
+    req.method() == http::Method::OPTIONS
+        && req.headers().contains_key(header::ORIGIN)
+        && req
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
 }
 
 fn health() -> Response<Body> {

@@ -15,6 +15,7 @@
 //! - [`telemetry`] sets up logging and writes the access-log line.
 //! - [`config`] loads and validates the TOML file before anything binds.
 
+pub mod auth;
 pub mod config;
 pub mod handler;
 pub mod healthcheck;
@@ -23,5 +24,6 @@ pub mod response;
 pub mod router;
 pub mod server;
 pub mod static_files;
+pub mod store;
 pub mod telemetry;
 pub mod tls;

@@ -10,6 +10,8 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full};
 
+use crate::auth::jwt::TokenProblem;
+use crate::auth::AuthError;
 use crate::proxy::ProxyError;
 use crate::static_files::StaticError;
 
@@ -39,6 +41,14 @@ pub enum GatewayError {
     Static(#[from] StaticError),
     #[error(transparent)]
     Proxy(#[from] ProxyError),
+    #[error("{err}")]
+    Auth {
+        err: AuthError,
+        /// The scheme to name in WWW-Authenticate (first of header_types).
+        scheme: String,
+    },
+    #[error("method {method} not allowed on this route")]
+    MethodNotAllowed { method: http::Method, allow: String },
 }
 
 /// Kept in the response extensions so the access log can record the cause.
@@ -63,6 +73,14 @@ impl GatewayError {
                 ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
                 ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             },
+            GatewayError::Auth { err, .. } => match err {
+                AuthError::NoCredentials
+                | AuthError::BadHeader
+                | AuthError::InvalidToken(_)
+                | AuthError::NoUserId => StatusCode::UNAUTHORIZED,
+                AuthError::Forbidden => StatusCode::FORBIDDEN,
+            },
+            GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
@@ -86,6 +104,16 @@ impl GatewayError {
                 ProxyError::BodyTooLarge => "Request body too large.",
                 ProxyError::BadRequest(_) => "Bad request.",
             },
+            GatewayError::Auth { err, .. } => match err {
+                AuthError::NoCredentials => "Authentication credentials were not provided.",
+                AuthError::BadHeader => {
+                    "Authorization header must contain two space-delimited values"
+                }
+                AuthError::InvalidToken(_) => "Given token not valid for any token type",
+                AuthError::NoUserId => "Token contained no recognizable user identification",
+                AuthError::Forbidden => "You do not have permission to perform this action.",
+            },
+            GatewayError::MethodNotAllowed { .. } => "Method not allowed.",
         }
     }
 
@@ -98,13 +126,83 @@ impl GatewayError {
 
 /// The response for `err`, with the error noted for the access log.
 pub fn error_response(err: &GatewayError) -> Response<Body> {
-    let mut resp = json_detail(err.status(), err.detail());
+    let mut resp = match err {
+        GatewayError::Auth { err, scheme } => auth_response(err, scheme),
+        GatewayError::MethodNotAllowed { method, allow } => {
+            // DRF's wording, so API clients see the same body as before.
+            let mut r = json_detail(err.status(), &format!("Method \"{method}\" not allowed."));
+            if let Ok(v) = HeaderValue::from_str(allow) {
+                r.headers_mut().insert(header::ALLOW, v);
+            }
+            r
+        }
+        _ => json_detail(err.status(), err.detail()),
+    };
     if let GatewayError::Static(StaticError::MethodNotAllowed) = err {
         resp.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
     }
     resp.extensions_mut().insert(ErrorNote(error_chain(err)));
     resp
+}
+
+/// simplejwt's bodies for authentication failures, with an RFC 6750
+/// challenge (simplejwt clients read the JSON; the challenge adds the
+/// reason for everyone else).
+fn auth_response(err: &AuthError, scheme: &str) -> Response<Body> {
+    let (status, body, challenge) = match err {
+        AuthError::NoCredentials => (
+            StatusCode::UNAUTHORIZED,
+            serde_json::json!({"detail": "Authentication credentials were not provided."}),
+            format!("{scheme} realm=\"api\""),
+        ),
+        AuthError::BadHeader => (
+            StatusCode::UNAUTHORIZED,
+            serde_json::json!({
+                "detail": "Authorization header must contain two space-delimited values",
+                "code": "bad_authorization_header",
+            }),
+            format!("{scheme} realm=\"api\""),
+        ),
+        AuthError::InvalidToken(problem) => (
+            StatusCode::UNAUTHORIZED,
+            serde_json::json!({
+                "detail": "Given token not valid for any token type",
+                "code": "token_not_valid",
+                "messages": [{
+                    "token_class": "AccessToken",
+                    "token_type": "access",
+                    "message": problem.message(),
+                }],
+            }),
+            invalid_token_challenge(scheme, *problem),
+        ),
+        AuthError::NoUserId => (
+            StatusCode::UNAUTHORIZED,
+            serde_json::json!({
+                "detail": "Token contained no recognizable user identification",
+                "code": "token_not_valid",
+            }),
+            format!("{scheme} realm=\"api\", error=\"invalid_token\", error_description=\"Token contained no recognizable user identification\""),
+        ),
+        AuthError::Forbidden => (
+            StatusCode::FORBIDDEN,
+            serde_json::json!({"detail": "You do not have permission to perform this action."}),
+            format!("{scheme} realm=\"api\", error=\"insufficient_scope\""),
+        ),
+    };
+    let mut resp = json_response(status, body.to_string());
+    if let Ok(v) = HeaderValue::from_str(&challenge) {
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    resp
+}
+
+fn invalid_token_challenge(scheme: &str, problem: TokenProblem) -> String {
+    format!(
+        "{scheme} realm=\"api\", error=\"invalid_token\", error_description=\"{}\"",
+        problem.message().replace('"', "'")
+    )
 }
 
 /// `{"detail": "..."}` with the given status.

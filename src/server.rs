@@ -134,7 +134,7 @@ pub fn start(config: Config, listeners: Listeners) -> Result<ServerHandle, Serve
         header_read_timeout: s.header_read_timeout,
         idle_timeout: s.idle_timeout,
         access_log: ArcSwap::from_pointee(config.log.access_log),
-        app: ArcSwap::from_pointee(AppState::new(config)?),
+        app: ArcSwap::from_pointee(started(AppState::new(config)?)),
         tls: ArcSwap::from_pointee(tls),
         http,
     });
@@ -192,7 +192,7 @@ impl ServerHandle {
             None => None,
         };
         let access_log = config.log.access_log;
-        let app = AppState::new(config)?;
+        let app = started(AppState::new(config)?);
         // Only switch TLS off/on if the listener kind stays the same.
         if tls.is_some() == self.shared.tls.load().is_some() {
             self.shared.tls.store(Arc::new(tls));
@@ -248,6 +248,11 @@ pub async fn run_until_signalled(handle: ServerHandle) -> io::Result<bool> {
         tracing::warn!("shutdown grace expired with connections still open");
     }
     Ok(clean)
+}
+
+fn started(app: AppState) -> AppState {
+    app.start();
+    app
 }
 
 #[derive(Clone, Copy)]

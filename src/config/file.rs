@@ -23,6 +23,8 @@ pub struct RawConfig {
     pub routes: Vec<RawRoute>,
     #[serde(default)]
     pub log: RawLog,
+    pub jwt: Option<RawJwt>,
+    pub identity: Option<RawIdentity>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -86,6 +88,9 @@ pub struct RawRoute {
     pub fallback: Option<Spanned<String>>,
     pub strip_prefix: Option<bool>,
     pub precompressed: Option<bool>,
+    pub auth: Option<Spanned<String>>,
+    pub require: Option<Spanned<BTreeMap<String, OneOrMany>>>,
+    pub methods: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -94,4 +99,72 @@ pub struct RawLog {
     pub format: Option<Spanned<String>>,
     pub access_log: Option<bool>,
     pub level: Option<String>,
+}
+
+/// A string or a list of strings (`audience = "a"` or `audience = ["a", "b"]`).
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwt {
+    pub algorithm: Option<Spanned<String>>,
+    pub secret: Option<Spanned<String>>,
+    pub public_key: Option<Spanned<String>>,
+    pub private_key: Option<Spanned<String>>,
+    pub jwks_file: Option<Spanned<String>>,
+    pub issuer: Option<String>,
+    pub audience: Option<OneOrMany>,
+    pub leeway: Option<HumanDuration>,
+    pub user_id_claim: Option<String>,
+    pub header_types: Option<Spanned<Vec<String>>>,
+    pub cache_size: Option<usize>,
+    #[serde(default)]
+    pub keys: Vec<RawKey>,
+    #[serde(default)]
+    pub trusted_issuers: Vec<RawTrustedIssuer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKey {
+    pub kid: Spanned<String>,
+    pub algorithm: Option<Spanned<String>>,
+    pub secret: Option<Spanned<String>>,
+    pub public_key: Option<Spanned<String>>,
+    pub private_key: Option<Spanned<String>>,
+    pub jwks_file: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTrustedIssuer {
+    pub issuer: Spanned<String>,
+    pub jwks_url: Spanned<String>,
+    pub audience: Option<OneOrMany>,
+    pub algorithms: Option<Vec<Spanned<String>>>,
+    pub jwks_refresh: Option<HumanDuration>,
+    pub ca_file: Option<Spanned<String>>,
+    pub user_id_claim: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdentity {
+    pub headers: Option<Spanned<BTreeMap<String, String>>>,
+    pub claims_header: Option<Spanned<String>>,
+    pub forward_token: Option<bool>,
 }

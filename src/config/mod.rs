@@ -28,6 +28,9 @@ pub struct Config {
     /// Routes sorted by match order: longest prefix first.
     pub routes: Vec<RouteConfig>,
     pub log: LogConfig,
+    /// Token verification (and, later, signing) keys; None: no edge auth.
+    pub jwt: Option<JwtConfig>,
+    pub identity: IdentityConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -109,6 +112,168 @@ pub struct RouteConfig {
     /// Path prefix, always starting with '/'.
     pub path: String,
     pub target: RouteTarget,
+    pub policy: RoutePolicy,
+}
+
+/// Who may use a route.
+#[derive(Debug, Clone)]
+pub struct RoutePolicy {
+    pub auth: AuthMode,
+    /// Claim conditions, all of which must hold.
+    pub require: Vec<ClaimRule>,
+    /// Allowed methods; None allows all.
+    pub methods: Option<Vec<http::Method>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// A valid token is needed.
+    Required,
+    /// A token is checked if present; without one the request is anonymous.
+    Optional,
+    /// The Authorization header is neither checked nor required.
+    None,
+}
+
+/// At least one of `any_of` must be in the claim (an array, a
+/// space-separated string such as `scope`, or a single value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimRule {
+    pub claim: String,
+    pub any_of: Vec<String>,
+}
+
+/// JWT signature algorithms the gateway accepts (one pinned per key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JwtAlg {
+    HS256,
+    HS384,
+    HS512,
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
+    EdDSA,
+}
+
+impl JwtAlg {
+    pub const ALL: [JwtAlg; 12] = [
+        JwtAlg::HS256,
+        JwtAlg::HS384,
+        JwtAlg::HS512,
+        JwtAlg::RS256,
+        JwtAlg::RS384,
+        JwtAlg::RS512,
+        JwtAlg::PS256,
+        JwtAlg::PS384,
+        JwtAlg::PS512,
+        JwtAlg::ES256,
+        JwtAlg::ES384,
+        JwtAlg::EdDSA,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            JwtAlg::HS256 => "HS256",
+            JwtAlg::HS384 => "HS384",
+            JwtAlg::HS512 => "HS512",
+            JwtAlg::RS256 => "RS256",
+            JwtAlg::RS384 => "RS384",
+            JwtAlg::RS512 => "RS512",
+            JwtAlg::PS256 => "PS256",
+            JwtAlg::PS384 => "PS384",
+            JwtAlg::PS512 => "PS512",
+            JwtAlg::ES256 => "ES256",
+            JwtAlg::ES384 => "ES384",
+            JwtAlg::EdDSA => "EdDSA",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<JwtAlg> {
+        JwtAlg::ALL.into_iter().find(|a| a.name() == s)
+    }
+
+    pub fn is_hmac(self) -> bool {
+        matches!(self, JwtAlg::HS256 | JwtAlg::HS384 | JwtAlg::HS512)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct JwtConfig {
+    /// Verification keys; with one entry and no kid, every token uses it.
+    pub keys: Vec<KeySpec>,
+    pub issuer: Option<String>,
+    /// Empty: not checked.
+    pub audience: Vec<String>,
+    pub leeway: Duration,
+    pub user_id_claim: String,
+    /// Authorization schemes accepted (compared case-insensitively).
+    pub header_types: Vec<String>,
+    /// Verified-token cache entries; 0 turns the cache off.
+    pub cache_size: usize,
+    pub trusted_issuers: Vec<TrustedIssuer>,
+}
+
+/// One configured key, not yet parsed (auth parses it at load).
+#[derive(Debug, Clone)]
+pub struct KeySpec {
+    pub kid: Option<String>,
+    pub algorithm: JwtAlg,
+    pub material: KeyMaterial,
+    /// `FILE:LINE: KEY` of the entry, for error messages.
+    pub origin: String,
+}
+
+#[derive(Clone)]
+pub enum KeyMaterial {
+    /// HMAC secret bytes.
+    Secret(Vec<u8>),
+    /// PEM public key file.
+    PublicKey(PathBuf),
+    /// PEM private key file (verifies with its public half; signs tokens).
+    PrivateKey(PathBuf),
+    /// A JWKS document on disk; each key's kid selects it.
+    JwksFile(PathBuf),
+}
+
+// SECURITY: never print key material.
+impl fmt::Debug for KeyMaterial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyMaterial::Secret(_) => f.write_str("Secret(<redacted>)"),
+            KeyMaterial::PublicKey(p) => write!(f, "PublicKey({})", p.display()),
+            KeyMaterial::PrivateKey(p) => write!(f, "PrivateKey({})", p.display()),
+            KeyMaterial::JwksFile(p) => write!(f, "JwksFile({})", p.display()),
+        }
+    }
+}
+
+/// An external identity provider whose tokens are accepted.
+#[derive(Debug, Clone)]
+pub struct TrustedIssuer {
+    pub issuer: String,
+    /// https only.
+    pub jwks_url: http::Uri,
+    pub audience: Vec<String>,
+    pub algorithms: Vec<JwtAlg>,
+    pub jwks_refresh: Duration,
+    pub ca_file: Option<PathBuf>,
+    pub user_id_claim: String,
+}
+
+/// Identity headers injected for the upstream.
+#[derive(Debug, Clone)]
+pub struct IdentityConfig {
+    /// (header name, claim), header names lowercase.
+    pub headers: Vec<(http::HeaderName, String)>,
+    /// All verified claims as base64url JSON.
+    pub claims_header: Option<http::HeaderName>,
+    /// Keep the Authorization header for the upstream.
+    pub forward_token: bool,
 }
 
 #[derive(Debug, Clone)]

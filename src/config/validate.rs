@@ -1,7 +1,8 @@
 //! Raw structs -> typed `Config`. Every problem found is reported, each as
 //! `FILE:LINE: KEY: what is wrong (what was expected)`.
 
-use super::file::{RawConfig, RawRoute, RawTls, RawUpstream};
+use super::file::{RawConfig, RawIdentity, RawJwt, RawKey, RawRoute, RawTls, RawUpstream};
+use super::values::SecretSource;
 use super::*;
 use std::ops::Range;
 use toml::Spanned;
@@ -145,9 +146,12 @@ fn validate(r: &mut Report, path: &Path, raw: RawConfig) -> Config {
         }
     }
 
+    let jwt = raw.jwt.map(|j| validate_jwt(r, &base, j));
+    let identity = validate_identity(r, raw.identity, jwt.as_ref());
+
     let mut routes = Vec::new();
     for (i, route) in raw.routes.into_iter().enumerate() {
-        if let Some(rc) = validate_route(r, &base, &upstreams, i, route) {
+        if let Some(rc) = validate_route(r, &base, &upstreams, jwt.is_some(), i, route) {
             if routes.iter().any(|o: &RouteConfig| o.path == rc.path) {
                 r.at(
                     None,
@@ -188,6 +192,8 @@ fn validate(r: &mut Report, path: &Path, raw: RawConfig) -> Config {
         upstreams,
         routes,
         log,
+        jwt,
+        identity,
     }
 }
 
@@ -381,10 +387,12 @@ fn validate_route(
     r: &mut Report,
     base: &Path,
     upstreams: &BTreeMap<String, UpstreamConfig>,
+    has_jwt: bool,
     i: usize,
     route: RawRoute,
 ) -> Option<RouteConfig> {
     let key = format!("routes[{i}]");
+    let policy = validate_policy(r, &route, has_jwt, &key);
     let path = route.path.get_ref().clone();
     if !path.starts_with('/') {
         r.spanned(
@@ -476,7 +484,418 @@ fn validate_route(
             return None;
         }
     };
-    Some(RouteConfig { path, target })
+    Some(RouteConfig {
+        path,
+        target,
+        policy,
+    })
+}
+
+fn validate_policy(r: &mut Report, route: &RawRoute, has_jwt: bool, key: &str) -> RoutePolicy {
+    // Without [jwt] there is nothing to check tokens with: the gateway is a
+    // plain front door and routes default to "none".
+    let default = if route.upstream.is_some() && has_jwt {
+        AuthMode::Required
+    } else {
+        AuthMode::None
+    };
+    let auth = match &route.auth {
+        None => default,
+        Some(v) => {
+            match v.get_ref().as_str() {
+                "required" => AuthMode::Required,
+                "optional" => AuthMode::Optional,
+                "none" => AuthMode::None,
+                other => {
+                    r.spanned(v, &format!("{key}.auth"), format!("unknown mode {other:?} (expected \"required\", \"optional\" or \"none\")"));
+                    default
+                }
+            }
+        }
+    };
+    if auth != AuthMode::None && !has_jwt {
+        if let Some(v) = &route.auth {
+            r.spanned(
+                v,
+                &format!("{key}.auth"),
+                "needs a [jwt] section to verify tokens with",
+            );
+        }
+    }
+    let mut require = Vec::new();
+    if let Some(req) = &route.require {
+        if auth == AuthMode::None {
+            r.spanned(
+                req,
+                &format!("{key}.require"),
+                "claim conditions need auth = \"required\" or \"optional\"",
+            );
+        }
+        for (claim, values) in req.get_ref() {
+            let any_of = values.clone().into_vec();
+            if any_of.is_empty() {
+                r.spanned(
+                    req,
+                    &format!("{key}.require.{claim}"),
+                    "needs at least one value",
+                );
+            }
+            require.push(ClaimRule {
+                claim: claim.clone(),
+                any_of,
+            });
+        }
+    }
+    let methods = route.methods.as_ref().map(|ms| {
+        let mut out = Vec::new();
+        for (j, m) in ms.iter().enumerate() {
+            let name = m.get_ref().trim().to_ascii_uppercase();
+            match http::Method::from_bytes(name.as_bytes()) {
+                Ok(method) if !name.is_empty() => out.push(method),
+                _ => r.spanned(
+                    m,
+                    &format!("{key}.methods[{j}]"),
+                    format!("invalid HTTP method {:?}", m.get_ref()),
+                ),
+            }
+        }
+        out
+    });
+    RoutePolicy {
+        auth,
+        require,
+        methods,
+    }
+}
+
+fn algorithm(r: &mut Report, v: &Spanned<String>, key: &str) -> JwtAlg {
+    JwtAlg::from_name(v.get_ref()).unwrap_or_else(|| {
+        let known: Vec<&str> = JwtAlg::ALL.iter().map(|a| a.name()).collect();
+        r.spanned(
+            v,
+            key,
+            format!(
+                "unsupported algorithm {:?} (expected one of {})",
+                v.get_ref(),
+                known.join(", ")
+            ),
+        );
+        JwtAlg::HS256
+    })
+}
+
+/// The key material of a `[jwt]` or `[[jwt.keys]]` entry: exactly one of
+/// secret, public_key, private_key, jwks_file.
+fn key_material(
+    r: &mut Report,
+    base: &Path,
+    key: &str,
+    anchor: Option<Range<usize>>,
+    secret: &Option<Spanned<String>>,
+    public_key: &Option<Spanned<String>>,
+    private_key: &Option<Spanned<String>>,
+    jwks_file: &Option<Spanned<String>>,
+) -> Option<(KeyMaterial, String)> {
+    let given: Vec<(&str, &Spanned<String>)> = [
+        ("secret", secret),
+        ("public_key", public_key),
+        ("private_key", private_key),
+        ("jwks_file", jwks_file),
+    ]
+    .into_iter()
+    .filter_map(|(n, v)| v.as_ref().map(|v| (n, v)))
+    .collect();
+    match given.as_slice() {
+        [] => {
+            r.at(
+                anchor,
+                key,
+                "needs one of secret, public_key, private_key or jwks_file",
+            );
+            None
+        }
+        [(name, v)] => {
+            let origin = format!("{}:{}: {key}.{name}", r.file, r.line_of(Some(v.span())));
+            let material = match *name {
+                "secret" => match SecretSource::parse(v.get_ref()).resolve(base) {
+                    Ok(s) if s.is_empty() => {
+                        r.spanned(v, &format!("{key}.secret"), "is empty");
+                        return None;
+                    }
+                    Ok(s) => KeyMaterial::Secret(s.into_bytes()),
+                    Err(e) => {
+                        r.spanned(v, &format!("{key}.secret"), e);
+                        return None;
+                    }
+                },
+                "public_key" => KeyMaterial::PublicKey(resolve_file(base, v.get_ref())),
+                "private_key" => KeyMaterial::PrivateKey(resolve_file(base, v.get_ref())),
+                _ => KeyMaterial::JwksFile(resolve_file(base, v.get_ref())),
+            };
+            Some((material, origin))
+        }
+        [_, (second, v), ..] => {
+            r.spanned(
+                v,
+                &format!("{key}.{second}"),
+                "give only one of secret, public_key, private_key or jwks_file",
+            );
+            None
+        }
+    }
+}
+
+/// `file:PATH` is accepted for key files too, like any secret-bearing value.
+fn resolve_file(base: &Path, v: &str) -> PathBuf {
+    resolve(base, v.strip_prefix("file:").unwrap_or(v))
+}
+
+fn validate_jwt(r: &mut Report, base: &Path, j: RawJwt) -> JwtConfig {
+    let mut keys = Vec::new();
+    let single = j.secret.is_some()
+        || j.public_key.is_some()
+        || j.private_key.is_some()
+        || j.jwks_file.is_some();
+    let top_alg = j
+        .algorithm
+        .as_ref()
+        .map(|a| algorithm(r, a, "jwt.algorithm"));
+    if single {
+        if !j.keys.is_empty() {
+            r.at(
+                None,
+                "jwt.keys",
+                "use either the single key in [jwt] or [[jwt.keys]], not both",
+            );
+        }
+        let anchor = j.algorithm.as_ref().map(|a| a.span());
+        if let Some((material, origin)) = key_material(
+            r,
+            base,
+            "jwt",
+            anchor,
+            &j.secret,
+            &j.public_key,
+            &j.private_key,
+            &j.jwks_file,
+        ) {
+            let alg = top_alg.unwrap_or(JwtAlg::HS256);
+            check_alg_fits(r, &material, alg, &origin);
+            keys.push(KeySpec {
+                kid: None,
+                algorithm: alg,
+                material,
+                origin,
+            });
+        }
+    } else {
+        for (i, k) in j.keys.iter().enumerate() {
+            keys.extend(validate_key(r, base, i, k, top_alg));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for k in &keys {
+            if let Some(kid) = &k.kid {
+                if !seen.insert(kid.clone()) {
+                    r.at(None, "jwt.keys", format!("duplicate kid {kid:?}"));
+                }
+            }
+        }
+    }
+    if keys.is_empty() && j.trusted_issuers.is_empty() && r.problems.is_empty() {
+        r.at(None, "jwt", "needs a key (secret, public_key, private_key, jwks_file or [[jwt.keys]]) or [[jwt.trusted_issuers]]");
+    }
+    let header_types = match j.header_types {
+        Some(h)
+            if h.get_ref().is_empty()
+                || h.get_ref()
+                    .iter()
+                    .any(|t| t.trim().is_empty() || t.contains(char::is_whitespace)) =>
+        {
+            r.spanned(
+                &h,
+                "jwt.header_types",
+                "needs one or more schemes without spaces, e.g. [\"Bearer\"]",
+            );
+            vec!["Bearer".to_string()]
+        }
+        Some(h) => h.into_inner(),
+        None => vec!["Bearer".to_string()],
+    };
+    let user_id_claim = j.user_id_claim.unwrap_or_else(|| "user_id".to_string());
+    let mut trusted_issuers = Vec::new();
+    for (i, t) in j.trusted_issuers.into_iter().enumerate() {
+        let key = format!("jwt.trusted_issuers[{i}]");
+        let url = t.jwks_url.get_ref();
+        let jwks_url = match url.parse::<http::Uri>() {
+            Ok(u) if u.scheme_str() == Some("https") && u.host().is_some() => u,
+            Ok(u) if u.scheme_str() == Some("http") => {
+                r.spanned(
+                    &t.jwks_url,
+                    &format!("{key}.jwks_url"),
+                    "must use https (keys fetched over plain http could be swapped in transit)",
+                );
+                continue;
+            }
+            _ => {
+                r.spanned(
+                    &t.jwks_url,
+                    &format!("{key}.jwks_url"),
+                    format!("invalid URL {url:?} (expected https://HOST/PATH)"),
+                );
+                continue;
+            }
+        };
+        let algorithms = match &t.algorithms {
+            Some(list) if !list.is_empty() => list
+                .iter()
+                .enumerate()
+                .map(|(n, a)| algorithm(r, a, &format!("{key}.algorithms[{n}]")))
+                .collect(),
+            Some(_) => {
+                r.spanned(&t.issuer, &format!("{key}.algorithms"), "must not be empty");
+                vec![]
+            }
+            None => vec![JwtAlg::RS256],
+        };
+        if algorithms.iter().any(|a: &JwtAlg| a.is_hmac()) {
+            r.spanned(
+                &t.issuer,
+                &format!("{key}.algorithms"),
+                "HMAC algorithms cannot be used with a JWKS of public keys",
+            );
+        }
+        trusted_issuers.push(TrustedIssuer {
+            issuer: t.issuer.into_inner(),
+            jwks_url,
+            audience: t.audience.map(|a| a.into_vec()).unwrap_or_default(),
+            algorithms,
+            jwks_refresh: t.jwks_refresh.map_or(Duration::from_secs(600), |d| d.0),
+            ca_file: t.ca_file.map(|c| resolve(base, c.get_ref())),
+            user_id_claim: t.user_id_claim.unwrap_or_else(|| user_id_claim.clone()),
+        });
+    }
+    JwtConfig {
+        keys,
+        issuer: j.issuer,
+        audience: j.audience.map(|a| a.into_vec()).unwrap_or_default(),
+        leeway: j.leeway.map_or(Duration::ZERO, |d| d.0),
+        user_id_claim,
+        header_types,
+        cache_size: j.cache_size.unwrap_or(10_000),
+        trusted_issuers,
+    }
+}
+
+fn check_alg_fits(r: &mut Report, material: &KeyMaterial, alg: JwtAlg, origin: &str) {
+    let secret = matches!(material, KeyMaterial::Secret(_));
+    if secret != alg.is_hmac() {
+        let what = if secret {
+            "a secret needs an HS* algorithm"
+        } else {
+            "an HS* algorithm needs a secret, not a key file"
+        };
+        r.problems
+            .push(format!("{origin}: {what} (algorithm is {})", alg.name()));
+    }
+}
+
+fn validate_key(
+    r: &mut Report,
+    base: &Path,
+    i: usize,
+    k: &RawKey,
+    top_alg: Option<JwtAlg>,
+) -> Option<KeySpec> {
+    let key = format!("jwt.keys[{i}]");
+    let alg = match &k.algorithm {
+        Some(a) => algorithm(r, a, &format!("{key}.algorithm")),
+        None => match top_alg {
+            Some(a) => a,
+            None => {
+                r.spanned(
+                    &k.kid,
+                    &format!("{key}.algorithm"),
+                    "missing (or set jwt.algorithm for all keys)",
+                );
+                return None;
+            }
+        },
+    };
+    if k.kid.get_ref().is_empty() {
+        r.spanned(&k.kid, &format!("{key}.kid"), "must not be empty");
+    }
+    let (material, origin) = key_material(
+        r,
+        base,
+        &key,
+        Some(k.kid.span()),
+        &k.secret,
+        &k.public_key,
+        &k.private_key,
+        &k.jwks_file,
+    )?;
+    check_alg_fits(r, &material, alg, &origin);
+    Some(KeySpec {
+        kid: Some(k.kid.get_ref().clone()),
+        algorithm: alg,
+        material,
+        origin,
+    })
+}
+
+fn validate_identity(
+    r: &mut Report,
+    raw: Option<RawIdentity>,
+    jwt: Option<&JwtConfig>,
+) -> IdentityConfig {
+    let user_id_claim = jwt.map_or("user_id", |j| j.user_id_claim.as_str());
+    let default_headers = || {
+        vec![(
+            http::HeaderName::from_static("x-user-id"),
+            user_id_claim.to_string(),
+        )]
+    };
+    let Some(raw) = raw else {
+        return IdentityConfig {
+            headers: default_headers(),
+            claims_header: None,
+            forward_token: true,
+        };
+    };
+    let header_name =
+        |r: &mut Report, name: &str, span: Range<usize>, key: &str| -> Option<http::HeaderName> {
+            match http::HeaderName::from_bytes(name.trim().as_bytes()) {
+                Ok(h) => Some(h),
+                Err(_) => {
+                    r.at(Some(span), key, format!("invalid header name {name:?}"));
+                    None
+                }
+            }
+        };
+    let headers = match raw.headers {
+        None => default_headers(),
+        Some(h) => {
+            let span = h.span();
+            let mut out = Vec::new();
+            for (name, claim) in h.into_inner() {
+                if let Some(hn) =
+                    header_name(r, &name, span.clone(), &format!("identity.headers.{name}"))
+                {
+                    out.push((hn, claim));
+                }
+            }
+            out
+        }
+    };
+    let claims_header = raw.claims_header.and_then(|c| {
+        let span = c.span();
+        header_name(r, c.get_ref(), span, "identity.claims_header")
+    });
+    IdentityConfig {
+        headers,
+        claims_header,
+        forward_token: raw.forward_token.unwrap_or(true),
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,174 @@
+//! Identity headers: strip whatever the client sent, then set them from
+//! verified claims (linkerd's set-or-strip pattern).
+//!
+//! SECURITY: stripping happens on every request, on every route, before
+//! anything else reads the headers. Names are compared after folding case
+//! and treating `_` as `-`, because gunicorn and Django merge `X_User_Id`
+//! and `X-User-Id` into the same `HTTP_X_USER_ID` variable.
+
+use base64::Engine;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use serde_json::{Map, Value};
+
+use crate::config::IdentityConfig;
+
+/// The identity headers a request may not bring, normalised.
+#[derive(Debug, Clone)]
+pub struct Strip {
+    names: Vec<String>,
+}
+
+impl Strip {
+    pub fn new(cfg: &IdentityConfig) -> Self {
+        let mut names: Vec<String> = cfg
+            .headers
+            .iter()
+            .map(|(h, _)| normalise(h.as_str()))
+            .collect();
+        if let Some(h) = &cfg.claims_header {
+            names.push(normalise(h.as_str()));
+        }
+        names.sort();
+        names.dedup();
+        Strip { names }
+    }
+
+    /// Removes every copy of every identity header; returns how many names
+    /// were removed (for the debug log).
+    pub fn apply(&self, headers: &mut HeaderMap) -> usize {
+        if self.names.is_empty() {
+            return 0;
+        }
+        let doomed: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| {
+                let n = k.as_str();
+                // Cheap length filter before normalising.
+                self.names
+                    .iter()
+                    .any(|s| s.len() == n.len() && *s == normalise(n))
+            })
+            .cloned()
+            .collect();
+        for name in &doomed {
+            headers.remove(name);
+        }
+        doomed.len()
+    }
+}
+
+fn normalise(name: &str) -> String {
+    name.bytes()
+        .map(|b| {
+            if b == b'_' {
+                '-'
+            } else {
+                b.to_ascii_lowercase() as char
+            }
+        })
+        .collect()
+}
+
+/// The identity headers to inject for verified `claims`.
+pub fn build(cfg: &IdentityConfig, claims: &Map<String, Value>) -> Vec<(HeaderName, HeaderValue)> {
+    let mut out = Vec::with_capacity(cfg.headers.len() + 1);
+    for (header, claim) in &cfg.headers {
+        let Some(v) = claims.get(claim) else { continue };
+        let Some(text) = claim_text(v) else { continue };
+        // from_bytes refuses control characters (no header injection).
+        match HeaderValue::from_bytes(text.as_bytes()) {
+            Ok(hv) => out.push((header.clone(), hv)),
+            Err(_) => {
+                tracing::debug!(header = %header, "claim value cannot be a header value; not set")
+            }
+        }
+    }
+    if let Some(h) = &cfg.claims_header {
+        let json = serde_json::to_vec(claims).unwrap_or_default();
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json);
+        if let Ok(hv) = HeaderValue::from_str(&b64) {
+            out.push((h.clone(), hv));
+        }
+    }
+    out
+}
+
+/// A claim as header text: strings as they are, arrays joined with ",".
+pub fn claim_text(v: &Value) -> Option<String> {
+    match v {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Array(items) => Some(
+            items
+                .iter()
+                .filter_map(|i| match i {
+                    Value::String(s) => Some(s.clone()),
+                    Value::Null => None,
+                    other => Some(other.to_string()),
+                })
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        Value::Object(_) => Some(v.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cfg() -> IdentityConfig {
+        IdentityConfig {
+            headers: vec![
+                (HeaderName::from_static("x-user-id"), "user_id".into()),
+                (HeaderName::from_static("x-user-roles"), "roles".into()),
+            ],
+            claims_header: Some(HeaderName::from_static("x-auth-claims")),
+            forward_token: true,
+        }
+    }
+
+    #[test]
+    fn strips_every_spelling() {
+        let mut h = HeaderMap::new();
+        h.append("x-user-id", HeaderValue::from_static("1"));
+        h.append("x-user-id", HeaderValue::from_static("2"));
+        h.append("x_user_id", HeaderValue::from_static("3"));
+        h.append("X_USER-ROLES", HeaderValue::from_static("admin"));
+        h.append("x-auth_claims", HeaderValue::from_static("e30"));
+        h.append("x-user-idx", HeaderValue::from_static("keep"));
+        Strip::new(&cfg()).apply(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-user-idx"));
+    }
+
+    #[test]
+    fn builds_from_claims() {
+        let claims = json!({"user_id": "42", "roles": ["staff", "ops"], "n": 1})
+            .as_object()
+            .unwrap()
+            .clone();
+        let out = build(&cfg(), &claims);
+        assert_eq!(out[0].1, "42");
+        assert_eq!(out[1].1, "staff,ops");
+        let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(out[2].1.as_bytes())
+            .unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Value>(&decoded).unwrap(),
+            Value::Object(claims)
+        );
+    }
+
+    #[test]
+    fn control_characters_never_become_headers() {
+        let claims = json!({"user_id": "1\r\nX-Evil: 1"})
+            .as_object()
+            .unwrap()
+            .clone();
+        assert!(build(&cfg(), &claims).iter().all(|(n, _)| n != "x-user-id"));
+    }
+}

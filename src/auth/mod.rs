@@ -1,0 +1,258 @@
+//! Edge authentication: find the Bearer token, verify it with the pinned
+//! algorithm and the key its `kid` (or `iss`) selects, and turn it into an
+//! `Identity`. Route policy (`policy`) and identity headers (`identity`)
+//! live beside it.
+//!
+//! Steps of `Authenticator::authenticate`: read the Authorization header
+//! (exactly one; scheme from `header_types`, case-insensitive) -> cached?
+//! -> parse -> pick the key (a trusted issuer's JWKS when `iss` names one,
+//! else the local keys, by kid) -> signature -> claims -> user id.
+
+pub mod cache;
+pub mod identity;
+pub mod jwt;
+pub mod keys;
+pub mod policy;
+pub mod remote;
+
+use http::header::{self, HeaderMap};
+use serde_json::{Map, Value};
+use std::sync::Arc;
+
+use crate::config::JwtConfig;
+use crate::store::RevokedFamilies;
+use cache::TokenCache;
+use jwt::{ClaimRules, TokenProblem};
+use keys::{KeySet, Material};
+use remote::RemoteIssuer;
+
+/// Who the verified token says the caller is.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub claims: Arc<Map<String, Value>>,
+    pub user_id: String,
+}
+
+/// Why a request is not authenticated (or not authorised).
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("no credentials were provided")]
+    NoCredentials,
+    #[error("Authorization header must contain two space-delimited values")]
+    BadHeader,
+    #[error("token refused: {0}")]
+    InvalidToken(TokenProblem),
+    #[error("token contains no user id claim")]
+    NoUserId,
+    #[error("claims do not satisfy the route's require rules")]
+    Forbidden,
+}
+
+/// Failure to set up verification from the config.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthSetupError {
+    #[error(transparent)]
+    Key(#[from] keys::KeyError),
+    #[error("jwt.trusted_issuers: {0}")]
+    Remote(#[from] remote::FetchError),
+}
+
+pub struct Authenticator {
+    keys: KeySet,
+    remote: Vec<Arc<RemoteIssuer>>,
+    issuer: Option<String>,
+    audience: Vec<String>,
+    leeway: f64,
+    user_id_claim: String,
+    header_types: Vec<String>,
+    /// Verified asymmetric tokens (HMAC is cheaper than a lookup).
+    cache: Option<TokenCache>,
+    /// Revoked token families (`sid`), mirrored in memory.
+    revoked: Arc<RevokedFamilies>,
+}
+
+impl Authenticator {
+    /// Parses every key now: a bad key fails the load, naming the key.
+    pub fn new(cfg: &JwtConfig, revoked: Arc<RevokedFamilies>) -> Result<Self, AuthSetupError> {
+        let keys = KeySet::load(&cfg.keys)?;
+        let remote = cfg
+            .trusted_issuers
+            .iter()
+            .map(|t| RemoteIssuer::new(t.clone()).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        let asymmetric = !remote.is_empty()
+            || keys
+                .only
+                .iter()
+                .chain(keys.by_kid.values())
+                .any(|k| matches!(k.material, Material::Public(_)));
+        Ok(Authenticator {
+            keys,
+            remote,
+            issuer: cfg.issuer.clone(),
+            audience: cfg.audience.clone(),
+            leeway: cfg.leeway.as_secs_f64(),
+            user_id_claim: cfg.user_id_claim.clone(),
+            header_types: cfg.header_types.clone(),
+            cache: (asymmetric && cfg.cache_size > 0).then(|| TokenCache::new(cfg.cache_size)),
+            revoked,
+        })
+    }
+
+    /// Starts fetching the trusted issuers' JWKS (needs a Tokio runtime).
+    pub fn start(&self) {
+        for r in &self.remote {
+            r.spawn_refresher();
+        }
+    }
+
+    /// The scheme named in `WWW-Authenticate` (the first header type).
+    pub fn scheme(&self) -> &str {
+        self.header_types.first().map_or("Bearer", String::as_str)
+    }
+
+    /// The token from the Authorization header, if the request has one in
+    /// an accepted scheme.
+    pub fn bearer<'h>(&self, headers: &'h HeaderMap) -> Result<Option<&'h str>, AuthError> {
+        let mut all = headers.get_all(header::AUTHORIZATION).iter();
+        let Some(value) = all.next() else {
+            return Ok(None);
+        };
+        if all.next().is_some() {
+            // SECURITY: two headers could be read differently upstream.
+            return Err(AuthError::BadHeader);
+        }
+        let text = value.to_str().map_err(|_| AuthError::BadHeader)?;
+        let mut parts = text.split_ascii_whitespace();
+        let Some(scheme) = parts.next() else {
+            return Ok(None);
+        };
+        // RFC 7235: schemes are case-insensitive. Other schemes (Basic, ...)
+        // are not ours: treated as no credentials, as simplejwt does.
+        if !self
+            .header_types
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case(scheme))
+        {
+            return Ok(None);
+        }
+        match (parts.next(), parts.next()) {
+            (Some(token), None) => Ok(Some(token)),
+            _ => Err(AuthError::BadHeader),
+        }
+    }
+
+    /// Verifies an access token.
+    pub async fn verify_access(&self, token: &str) -> Result<Identity, AuthError> {
+        let now = jwt::now();
+        if let Some(cache) = &self.cache {
+            if let Some(claims) = cache.get(token, now, |source| self.generation(source)) {
+                let (rules, uid_claim) = self.rules_for(&claims);
+                jwt::check_claims(&claims, &rules, now).map_err(AuthError::InvalidToken)?;
+                self.check_revoked(&claims)?;
+                return identity_from(claims, uid_claim);
+            }
+        }
+        let parsed = jwt::parse(token).map_err(AuthError::InvalidToken)?;
+        let iss = parsed.claims.get("iss").and_then(Value::as_str);
+        let remote_idx =
+            iss.and_then(|iss| self.remote.iter().position(|r| r.config.issuer == iss));
+        let (key, source) = match remote_idx {
+            Some(i) => {
+                let r = &self.remote[i];
+                let kid = parsed
+                    .header
+                    .kid
+                    .as_deref()
+                    .ok_or(AuthError::InvalidToken(TokenProblem::Invalid))?;
+                let key = match r.key(kid) {
+                    Some(k) => k,
+                    // A rotated-in key: refetch once (rate limited) and look again.
+                    None if r.refetch_for_unknown_kid().await => r
+                        .key(kid)
+                        .ok_or(AuthError::InvalidToken(TokenProblem::Invalid))?,
+                    None => return Err(AuthError::InvalidToken(TokenProblem::Invalid)),
+                };
+                (key, (i + 1, r.generation()))
+            }
+            None => (
+                self.keys
+                    .find(parsed.header.kid.as_deref())
+                    .cloned()
+                    .ok_or(AuthError::InvalidToken(TokenProblem::Invalid))?,
+                (0, 0),
+            ),
+        };
+        jwt::verify_signature(&parsed, &key).map_err(AuthError::InvalidToken)?;
+        let claims = Arc::new(parsed.claims);
+        let (rules, uid_claim) = self.rules_for(&claims);
+        jwt::check_claims(&claims, &rules, now).map_err(AuthError::InvalidToken)?;
+        self.check_revoked(&claims)?;
+        if let (Some(cache), Material::Public(_)) = (&self.cache, &key.material) {
+            if let Some(exp) = claims.get("exp").and_then(Value::as_f64) {
+                cache.insert(token, claims.clone(), exp, source, now);
+            }
+        }
+        identity_from(claims, uid_claim)
+    }
+
+    fn generation(&self, source: usize) -> u64 {
+        match source.checked_sub(1).and_then(|i| self.remote.get(i)) {
+            Some(r) => r.generation(),
+            None => 0,
+        }
+    }
+
+    /// The claim rules and user-id claim that apply to an access token
+    /// with these claims (a trusted issuer's own, or the local ones).
+    fn rules_for(&self, claims: &Map<String, Value>) -> (ClaimRules<'_>, &str) {
+        let iss = claims.get("iss").and_then(Value::as_str);
+        let (issuer, audience, uid) =
+            match iss.and_then(|iss| self.remote.iter().find(|r| r.config.issuer == iss)) {
+                Some(r) => (
+                    Some(r.config.issuer.as_str()),
+                    r.config.audience.as_slice(),
+                    r.config.user_id_claim.as_str(),
+                ),
+                None => (
+                    self.issuer.as_deref(),
+                    self.audience.as_slice(),
+                    self.user_id_claim.as_str(),
+                ),
+            };
+        let rules = ClaimRules {
+            issuer,
+            audience,
+            leeway: self.leeway,
+            token_type: Some("access"),
+            type_required: false,
+            jti_required: false,
+        };
+        (rules, uid)
+    }
+
+    /// Number of cached verified tokens (for tests and metrics).
+    pub fn cached_tokens(&self) -> usize {
+        self.cache.as_ref().map_or(0, TokenCache::len)
+    }
+
+    /// SECURITY: a logout or a detected refresh-token theft revokes the
+    /// whole family at once, not when its access tokens expire.
+    fn check_revoked(&self, claims: &Map<String, Value>) -> Result<(), AuthError> {
+        match claims.get("sid").and_then(Value::as_str) {
+            Some(sid) if self.revoked.is_revoked(sid) => {
+                Err(AuthError::InvalidToken(TokenProblem::Blacklisted))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+fn identity_from(claims: Arc<Map<String, Value>>, uid_claim: &str) -> Result<Identity, AuthError> {
+    let user_id = match claims.get(uid_claim) {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => return Err(AuthError::NoUserId),
+    };
+    Ok(Identity { claims, user_id })
+}
