@@ -33,8 +33,9 @@ use crate::proxy::{self, ForwardCtx, Upstream};
 use crate::response::{self, Body, ErrorNote, GatewayError};
 use crate::router::Router;
 use crate::static_files::StaticFiles;
-use crate::store::RevokedFamilies;
+use crate::store::{RevokedFamilies, SqliteStore, Store, StoreError};
 use crate::telemetry::AccessRecord;
+use crate::tokens::{TokenService, TokenSetupError};
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -49,6 +50,48 @@ pub struct AppState {
     /// None when the config has no [jwt]: every route is then "none".
     auth: Option<Authenticator>,
     strip: Strip,
+    /// The token routes, when the config has [tokens].
+    tokens: Option<TokenService>,
+}
+
+/// State that outlives reloads: the store and the revocation mirror.
+#[derive(Clone)]
+pub struct Deps {
+    pub store: Option<Arc<dyn Store>>,
+    pub revoked: Arc<RevokedFamilies>,
+}
+
+impl Deps {
+    /// Opens the store (when token issuing is configured) and loads the
+    /// revoked families into the in-memory mirror.
+    pub fn open(config: &Config) -> Result<Deps, StoreError> {
+        let revoked = Arc::new(RevokedFamilies::new());
+        if config.tokens.is_none() {
+            return Ok(Deps {
+                store: None,
+                revoked,
+            });
+        }
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.store.path)?);
+        let now = crate::tokens::unix_now();
+        for (sid, until) in store.revoked_families(now)? {
+            revoked.insert(&sid, until);
+        }
+        Ok(Deps {
+            store: Some(store),
+            revoked,
+        })
+    }
+
+    /// For `gateway check`: an in-memory store, so checking writes nothing.
+    pub fn in_memory() -> Result<Deps, StoreError> {
+        Ok(Deps {
+            store: Some(Arc::new(SqliteStore::open(std::path::Path::new(
+                ":memory:",
+            ))?)),
+            revoked: Arc::new(RevokedFamilies::new()),
+        })
+    }
 }
 
 enum Target {
@@ -72,10 +115,14 @@ pub enum StateError {
     UnknownUpstream(String),
     #[error(transparent)]
     Auth(#[from] AuthSetupError),
+    #[error(transparent)]
+    Tokens(#[from] TokenSetupError),
+    #[error("[tokens] needs the store, which is not open")]
+    NoStore,
 }
 
 impl AppState {
-    pub fn new(config: Config) -> Result<Self, StateError> {
+    pub fn new(config: Config, deps: &Deps) -> Result<Self, StateError> {
         let upstreams: BTreeMap<&str, Arc<Upstream>> = config
             .upstreams
             .iter()
@@ -107,13 +154,19 @@ impl AppState {
             .as_ref()
             .and_then(|t| t.hsts.as_deref())
             .and_then(|h| HeaderValue::from_str(h).ok());
-        let revoked = Arc::new(RevokedFamilies::new());
         let auth = config
             .jwt
             .as_ref()
-            .map(|j| Authenticator::new(j, revoked.clone()))
+            .map(|j| Authenticator::new(j, deps.revoked.clone()))
             .transpose()?;
         let strip = Strip::new(&config.identity);
+        let tokens = match (&config.tokens, &deps.store) {
+            (None, _) => None,
+            (Some(_), None) => return Err(StateError::NoStore),
+            (Some(_), Some(store)) => {
+                TokenService::new(&config, &upstreams, store.clone(), deps.revoked.clone())?
+            }
+        };
         Ok(AppState {
             config: Arc::new(config),
             router,
@@ -121,6 +174,7 @@ impl AppState {
             hsts,
             auth,
             strip,
+            tokens,
         })
     }
 
@@ -200,6 +254,14 @@ async fn dispatch(
     }
     if has_dot_segment(req.uri().path()) {
         return response::error_response(&GatewayError::BadPath);
+    }
+    // Token routes are answered here, never proxied.
+    if let (Some(tokens), Some(auth)) = (&state.tokens, &state.auth) {
+        if let Some(ep) = tokens.endpoint(req.uri().path()) {
+            return tokens
+                .handle(ep, req, conn.peer.ip().to_canonical(), auth)
+                .await;
+        }
     }
     let Some((index, route)) = state.router.route(req.uri().path()) else {
         return response::error_response(&GatewayError::NoRoute);

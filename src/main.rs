@@ -94,7 +94,7 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<Config> {
     if let Some(t) = &config.tls {
         tls::server_config(t).with_context(|| format!("{}: tls", path.display()))?;
     }
-    handler::AppState::new(config.clone())
+    handler::AppState::new(config.clone(), &handler::Deps::in_memory()?)
         .with_context(|| format!("{}: routes", path.display()))?;
     Ok(config)
 }

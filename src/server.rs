@@ -36,7 +36,7 @@ use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{self, Config};
-use crate::handler::{self, AppState, ConnInfo};
+use crate::handler::{self, AppState, ConnInfo, Deps};
 use crate::response::{Body, BoxError};
 use crate::telemetry::AccessRecord;
 use crate::tls;
@@ -77,11 +77,15 @@ pub enum ServerError {
     Tls(#[from] tls::TlsError),
     #[error("cannot read listener address")]
     Io(#[from] io::Error),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// State shared by every connection; swapped whole on reload.
 struct Shared {
     app: ArcSwap<AppState>,
+    /// The store and revocation mirror, kept across reloads.
+    deps: Deps,
     tls: ArcSwap<Option<TlsAcceptor>>,
     http: auto::Builder<TokioExecutor>,
     /// Settings fixed at start (listeners and limits do not reload).
@@ -130,11 +134,14 @@ pub fn start(config: Config, listeners: Listeners) -> Result<ServerHandle, Serve
     let shutdown_grace = s.shutdown_grace;
     let config_path = config.path.clone();
     let main_is_tls = tls.is_some();
+    let deps = Deps::open(&config)?;
+    spawn_purge(&config, &deps);
     let shared = Arc::new(Shared {
         header_read_timeout: s.header_read_timeout,
         idle_timeout: s.idle_timeout,
         access_log: ArcSwap::from_pointee(config.log.access_log),
-        app: ArcSwap::from_pointee(started(AppState::new(config)?)),
+        app: ArcSwap::from_pointee(started(AppState::new(config, &deps)?)),
+        deps: deps.clone(),
         tls: ArcSwap::from_pointee(tls),
         http,
     });
@@ -192,7 +199,7 @@ impl ServerHandle {
             None => None,
         };
         let access_log = config.log.access_log;
-        let app = started(AppState::new(config)?);
+        let app = started(AppState::new(config, &self.shared.deps)?);
         // Only switch TLS off/on if the listener kind stays the same.
         if tls.is_some() == self.shared.tls.load().is_some() {
             self.shared.tls.store(Arc::new(tls));
@@ -248,6 +255,43 @@ pub async fn run_until_signalled(handle: ServerHandle) -> io::Result<bool> {
         tracing::warn!("shutdown grace expired with connections still open");
     }
     Ok(clean)
+}
+
+/// Deletes expired store rows and mirror entries every `purge_interval`.
+fn spawn_purge(config: &Config, deps: &Deps) {
+    let Some(store) = deps.store.clone() else {
+        return;
+    };
+    let revoked = deps.revoked.clone();
+    let every = config.store.purge_interval;
+    // Failures are kept as long as the longest rate-limit window needs them.
+    let keep_failures = config
+        .tokens
+        .as_ref()
+        .map_or(Duration::from_secs(86400), |t| {
+            t.rate_limit
+                .per_user_window
+                .max(t.rate_limit.per_address_window)
+        });
+    let keep = i64::try_from(keep_failures.as_secs()).unwrap_or(i64::MAX);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let now = crate::tokens::unix_now();
+            revoked.purge(now);
+            let store = store.clone();
+            match tokio::task::spawn_blocking(move || store.purge(now, now.saturating_sub(keep)))
+                .await
+            {
+                Ok(Ok(n)) if n > 0 => tracing::debug!(rows = n, "purged expired store rows"),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %crate::response::error_chain(&e), "store purge failed")
+                }
+                Err(_) => tracing::error!("store purge task failed"),
+            }
+        }
+    });
 }
 
 fn started(app: AppState) -> AppState {

@@ -231,6 +231,36 @@ impl Authenticator {
         (rules, uid)
     }
 
+    /// Verifies a token the gateway (or simplejwt sharing its key) issued,
+    /// with the local keys only: the token routes' check. `token_type`
+    /// None accepts any type (the verify endpoint).
+    pub fn verify_issued(
+        &self,
+        token: &str,
+        token_type: Option<&str>,
+    ) -> Result<Map<String, Value>, TokenProblem> {
+        let parsed = jwt::parse(token)?;
+        let key = self
+            .keys
+            .find(parsed.header.kid.as_deref())
+            .ok_or(TokenProblem::Invalid)?;
+        jwt::verify_signature(&parsed, key)?;
+        let rules = ClaimRules {
+            issuer: self.issuer.as_deref(),
+            audience: &self.audience,
+            leeway: self.leeway,
+            token_type,
+            type_required: token_type.is_some(),
+            jti_required: true,
+        };
+        jwt::check_claims(&parsed.claims, &rules, jwt::now())?;
+        Ok(parsed.claims)
+    }
+
+    pub fn user_id_claim(&self) -> &str {
+        &self.user_id_claim
+    }
+
     /// Number of cached verified tokens (for tests and metrics).
     pub fn cached_tokens(&self) -> usize {
         self.cache.as_ref().map_or(0, TokenCache::len)

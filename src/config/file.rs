@@ -25,6 +25,8 @@ pub struct RawConfig {
     pub log: RawLog,
     pub jwt: Option<RawJwt>,
     pub identity: Option<RawIdentity>,
+    pub tokens: Option<RawTokens>,
+    pub store: Option<RawStore>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -167,4 +169,49 @@ pub struct RawIdentity {
     pub headers: Option<Spanned<BTreeMap<String, String>>>,
     pub claims_header: Option<Spanned<String>>,
     pub forward_token: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTokens {
+    pub obtain_path: Option<Spanned<String>>,
+    pub refresh_path: Option<Spanned<String>>,
+    pub verify_path: Option<Spanned<String>>,
+    pub blacklist_path: Option<Spanned<String>>,
+    pub jwks_path: Option<Spanned<String>>,
+    pub access_ttl: Option<HumanDuration>,
+    pub refresh_ttl: Option<HumanDuration>,
+    pub rotate_refresh: Option<bool>,
+    pub blacklist_after_rotation: Option<bool>,
+    pub session_max: Option<HumanDuration>,
+    pub cors_origins: Option<Vec<String>>,
+    pub signing_key: Option<Spanned<String>>,
+    pub max_body_bytes: Option<ByteSize>,
+    pub credentials: Option<RawCredentials>,
+    pub rate_limit: Option<RawRateLimit>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCredentials {
+    pub users_file: Option<Spanned<String>>,
+    pub upstream: Option<Spanned<String>>,
+    pub path: Option<Spanned<String>>,
+    pub timeout: Option<HumanDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub per_user: Option<u32>,
+    pub per_user_window: Option<HumanDuration>,
+    pub per_address: Option<u32>,
+    pub per_address_window: Option<HumanDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    pub path: Option<Spanned<String>>,
+    pub purge_interval: Option<HumanDuration>,
 }

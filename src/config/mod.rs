@@ -31,6 +31,59 @@ pub struct Config {
     /// Token verification (and, later, signing) keys; None: no edge auth.
     pub jwt: Option<JwtConfig>,
     pub identity: IdentityConfig,
+    /// Token issuing; None: the gateway issues no tokens.
+    pub tokens: Option<TokensConfig>,
+    pub store: StoreConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct TokensConfig {
+    pub obtain_path: String,
+    pub refresh_path: String,
+    pub verify_path: String,
+    pub blacklist_path: String,
+    /// Where the public signing keys are published (asymmetric keys only).
+    pub jwks_path: String,
+    pub access_ttl: Duration,
+    pub refresh_ttl: Duration,
+    pub rotate_refresh: bool,
+    pub blacklist_after_rotation: bool,
+    /// A login's family ends this long after the login.
+    pub session_max: Duration,
+    /// Origins allowed to call the token routes from a browser ("*": any).
+    pub cors_origins: Vec<String>,
+    /// The kid of the [[jwt.keys]] entry that signs; None: the single key.
+    pub signing_key: Option<String>,
+    pub max_body_bytes: u64,
+    pub credentials: CredentialsConfig,
+    pub rate_limit: RateLimitConfig,
+}
+
+#[derive(Debug, Clone)]
+pub enum CredentialsConfig {
+    /// A TOML file of users, re-read on reload.
+    UsersFile(PathBuf),
+    /// POST {"username","password"} to the app, which owns the users.
+    Upstream {
+        upstream: String,
+        path: String,
+        timeout: Duration,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct RateLimitConfig {
+    pub per_user: u32,
+    pub per_user_window: Duration,
+    pub per_address: u32,
+    pub per_address_window: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// The SQLite file.
+    pub path: PathBuf,
+    pub purge_interval: Duration,
 }
 
 #[derive(Debug, Clone)]

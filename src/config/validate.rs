@@ -1,7 +1,9 @@
 //! Raw structs -> typed `Config`. Every problem found is reported, each as
 //! `FILE:LINE: KEY: what is wrong (what was expected)`.
 
-use super::file::{RawConfig, RawIdentity, RawJwt, RawKey, RawRoute, RawTls, RawUpstream};
+use super::file::{
+    RawConfig, RawIdentity, RawJwt, RawKey, RawRoute, RawTls, RawTokens, RawUpstream,
+};
 use super::values::SecretSource;
 use super::*;
 use std::ops::Range;
@@ -148,6 +150,21 @@ fn validate(r: &mut Report, path: &Path, raw: RawConfig) -> Config {
 
     let jwt = raw.jwt.map(|j| validate_jwt(r, &base, j));
     let identity = validate_identity(r, raw.identity, jwt.as_ref());
+    let tokens = raw
+        .tokens
+        .map(|t| validate_tokens(r, &base, t, jwt.as_ref(), &upstreams));
+    let store = StoreConfig {
+        path: raw
+            .store
+            .as_ref()
+            .and_then(|s| s.path.as_ref())
+            .map_or_else(|| base.join("gateway.db"), |p| resolve(&base, p.get_ref())),
+        purge_interval: raw
+            .store
+            .as_ref()
+            .and_then(|s| s.purge_interval)
+            .map_or(Duration::from_secs(600), |d| d.0),
+    };
 
     let mut routes = Vec::new();
     for (i, route) in raw.routes.into_iter().enumerate() {
@@ -194,6 +211,201 @@ fn validate(r: &mut Report, path: &Path, raw: RawConfig) -> Config {
         log,
         jwt,
         identity,
+        tokens,
+        store,
+    }
+}
+
+fn token_path(r: &mut Report, v: Option<Spanned<String>>, key: &str, default: &str) -> String {
+    match v {
+        None => default.to_string(),
+        Some(p) if !p.get_ref().starts_with('/') => {
+            r.spanned(&p, key, "must start with '/'");
+            default.to_string()
+        }
+        Some(p) => p.into_inner(),
+    }
+}
+
+fn validate_tokens(
+    r: &mut Report,
+    base: &Path,
+    t: RawTokens,
+    jwt: Option<&JwtConfig>,
+    upstreams: &BTreeMap<String, UpstreamConfig>,
+) -> TokensConfig {
+    let Some(jwt) = jwt else {
+        r.at(None, "tokens", "needs a [jwt] section with the signing key");
+        return default_tokens(base);
+    };
+    // The signing key: named by kid, or the single key; it must be able to sign.
+    let signer = match &t.signing_key {
+        Some(kid) => {
+            let found = jwt
+                .keys
+                .iter()
+                .find(|k| k.kid.as_deref() == Some(kid.get_ref().as_str()));
+            if found.is_none() {
+                let known: Vec<&str> = jwt.keys.iter().filter_map(|k| k.kid.as_deref()).collect();
+                r.spanned(
+                    kid,
+                    "tokens.signing_key",
+                    format!(
+                        "no [[jwt.keys]] entry with kid {:?} (known: {})",
+                        kid.get_ref(),
+                        known.join(", ")
+                    ),
+                );
+            }
+            found
+        }
+        None => {
+            if jwt.keys.len() > 1 || jwt.keys.iter().any(|k| k.kid.is_some()) {
+                r.at(
+                    None,
+                    "tokens.signing_key",
+                    "missing: with [[jwt.keys]], name the kid that signs",
+                );
+                None
+            } else {
+                jwt.keys.first()
+            }
+        }
+    };
+    if let Some(k) = signer {
+        if !matches!(
+            k.material,
+            KeyMaterial::Secret(_) | KeyMaterial::PrivateKey(_)
+        ) {
+            r.problems.push(format!(
+                "{}: cannot sign tokens: use secret (HS*) or private_key",
+                k.origin
+            ));
+        }
+    } else if t.signing_key.is_none() && jwt.keys.is_empty() {
+        r.at(
+            None,
+            "tokens",
+            "needs a signing key in [jwt] (secret or private_key)",
+        );
+    }
+    let credentials = match t.credentials {
+        None => CredentialsConfig::UsersFile(base.join("users.toml")),
+        Some(c) => match (c.users_file, c.upstream) {
+            (Some(f), Some(u)) => {
+                r.spanned(
+                    &u,
+                    "tokens.credentials.upstream",
+                    "use either users_file or upstream, not both",
+                );
+                CredentialsConfig::UsersFile(resolve(base, f.get_ref()))
+            }
+            (Some(f), None) => CredentialsConfig::UsersFile(resolve(base, f.get_ref())),
+            (None, Some(u)) => {
+                if !upstreams.contains_key(u.get_ref()) {
+                    let known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
+                    r.spanned(
+                        &u,
+                        "tokens.credentials.upstream",
+                        format!(
+                            "no upstream named {:?} (known: {})",
+                            u.get_ref(),
+                            known.join(", ")
+                        ),
+                    );
+                }
+                let path = match c.path {
+                    Some(p) if p.get_ref().starts_with('/') => p.into_inner(),
+                    Some(p) => {
+                        r.spanned(&p, "tokens.credentials.path", "must start with '/'");
+                        String::new()
+                    }
+                    None => "/internal/authenticate".to_string(),
+                };
+                CredentialsConfig::Upstream {
+                    upstream: u.into_inner(),
+                    path,
+                    timeout: c.timeout.map_or(Duration::from_secs(5), |d| d.0),
+                }
+            }
+            (None, None) => CredentialsConfig::UsersFile(base.join("users.toml")),
+        },
+    };
+    let rl = t.rate_limit;
+    let rate_limit = RateLimitConfig {
+        per_user: rl.as_ref().and_then(|l| l.per_user).unwrap_or(5),
+        per_user_window: rl
+            .as_ref()
+            .and_then(|l| l.per_user_window)
+            .map_or(Duration::from_secs(900), |d| d.0),
+        per_address: rl.as_ref().and_then(|l| l.per_address).unwrap_or(20),
+        per_address_window: rl
+            .as_ref()
+            .and_then(|l| l.per_address_window)
+            .map_or(Duration::from_secs(60), |d| d.0),
+    };
+    let access_ttl = t.access_ttl.map_or(Duration::from_secs(300), |d| d.0);
+    let refresh_ttl = t.refresh_ttl.map_or(Duration::from_secs(86400), |d| d.0);
+    if access_ttl.is_zero() || refresh_ttl.is_zero() {
+        r.at(
+            None,
+            "tokens.access_ttl",
+            "token lifetimes must be longer than zero",
+        );
+    }
+    TokensConfig {
+        obtain_path: token_path(r, t.obtain_path, "tokens.obtain_path", "/api/token/"),
+        refresh_path: token_path(
+            r,
+            t.refresh_path,
+            "tokens.refresh_path",
+            "/api/token/refresh/",
+        ),
+        verify_path: token_path(r, t.verify_path, "tokens.verify_path", "/api/token/verify/"),
+        blacklist_path: token_path(
+            r,
+            t.blacklist_path,
+            "tokens.blacklist_path",
+            "/api/token/blacklist/",
+        ),
+        jwks_path: token_path(r, t.jwks_path, "tokens.jwks_path", "/.well-known/jwks.json"),
+        access_ttl,
+        refresh_ttl,
+        rotate_refresh: t.rotate_refresh.unwrap_or(true),
+        blacklist_after_rotation: t.blacklist_after_rotation.unwrap_or(true),
+        session_max: t
+            .session_max
+            .map_or(Duration::from_secs(30 * 86400), |d| d.0),
+        cors_origins: t.cors_origins.unwrap_or_default(),
+        signing_key: t.signing_key.map(|k| k.into_inner()),
+        max_body_bytes: t.max_body_bytes.map_or(64 * 1024, |b| b.0),
+        credentials,
+        rate_limit,
+    }
+}
+
+fn default_tokens(base: &Path) -> TokensConfig {
+    TokensConfig {
+        obtain_path: "/api/token/".into(),
+        refresh_path: "/api/token/refresh/".into(),
+        verify_path: "/api/token/verify/".into(),
+        blacklist_path: "/api/token/blacklist/".into(),
+        jwks_path: "/.well-known/jwks.json".into(),
+        access_ttl: Duration::from_secs(300),
+        refresh_ttl: Duration::from_secs(86400),
+        rotate_refresh: true,
+        blacklist_after_rotation: true,
+        session_max: Duration::from_secs(30 * 86400),
+        cors_origins: vec![],
+        signing_key: None,
+        max_body_bytes: 64 * 1024,
+        credentials: CredentialsConfig::UsersFile(base.join("users.toml")),
+        rate_limit: RateLimitConfig {
+            per_user: 5,
+            per_user_window: Duration::from_secs(900),
+            per_address: 20,
+            per_address_window: Duration::from_secs(60),
+        },
     }
 }
 

@@ -1,0 +1,326 @@
+//! The four POST endpoints: obtain, refresh, verify, blacklist.
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use serde_json::{Map, Value};
+use std::net::IpAddr;
+
+use super::credentials::Lookup;
+use super::issue::{extra_claims, new_jti, Claims};
+use super::{blocking, rate_limit, request, unix_now, TokenError, TokenService};
+use crate::auth::jwt::TokenProblem;
+use crate::auth::Authenticator;
+use crate::response::{self, Body};
+use crate::store::{Family, RefreshUse};
+
+fn secs(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+fn ok(body: Value) -> Response<Body> {
+    response::json_response(StatusCode::OK, body.to_string())
+}
+
+impl TokenService {
+    /// POST {"username","password"} -> {"refresh","access"}.
+    pub(super) async fn obtain(
+        &self,
+        ct: Option<&str>,
+        body: &Bytes,
+        peer: IpAddr,
+    ) -> Result<Response<Body>, TokenError> {
+        let fields = request::fields(ct, body, &["username", "password"])?;
+        let (username, password) = (&fields[0], &fields[1]);
+        rate_limit::check(&self.store, &self.cfg.rate_limit, username, peer).await?;
+        let user = match self.credentials.authenticate(username, password).await {
+            Ok(Some(u)) => u,
+            Ok(None) => {
+                rate_limit::failed(&self.store, username, peer).await?;
+                return Err(TokenError::BadCredentials);
+            }
+            Err(e) => return Err(TokenError::CredentialsUnavailable(e)),
+        };
+        rate_limit::succeeded(&self.store, username).await?;
+
+        let now = unix_now();
+        let family = Family {
+            sid: new_jti(),
+            user_id: user.user_id.clone(),
+            created_at: now,
+            expires_at: now.saturating_add(secs(self.cfg.session_max)),
+            revoked_at: None,
+        };
+        let refresh_exp = now
+            .saturating_add(secs(self.cfg.refresh_ttl))
+            .min(family.expires_at);
+        let refresh = self.mint(
+            "refresh",
+            &user.user_id,
+            &user.claims,
+            &family.sid,
+            now,
+            refresh_exp,
+        )?;
+        let access = self.mint(
+            "access",
+            &user.user_id,
+            &user.claims,
+            &family.sid,
+            now,
+            self.access_exp(now),
+        )?;
+        let (jti, sid, uid) = (refresh.1.clone(), family.sid.clone(), user.user_id.clone());
+        blocking(&self.store, move |s| {
+            s.create_family(&family)?;
+            s.record_refresh(&jti, &sid, &uid, now, refresh_exp)
+        })
+        .await
+        .map_err(TokenError::Store)?;
+        Ok(ok(
+            serde_json::json!({"refresh": refresh.0, "access": access.0}),
+        ))
+    }
+
+    /// POST {"refresh"} -> {"access"} (+ a new "refresh" when rotating).
+    pub(super) async fn refresh(
+        &self,
+        ct: Option<&str>,
+        body: &Bytes,
+        auth: &Authenticator,
+    ) -> Result<Response<Body>, TokenError> {
+        let fields = request::fields(ct, body, &["refresh"])?;
+        let claims = auth
+            .verify_issued(&fields[0], Some("refresh"))
+            .map_err(TokenError::Token)?;
+        let now = unix_now();
+        let jti = claims
+            .get("jti")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let user_id = claims
+            .get(&self.user_id_claim)
+            .and_then(|v| match v {
+                Value::String(s) => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            })
+            .ok_or(TokenError::Token(TokenProblem::Invalid))?;
+        let sid = claims.get("sid").and_then(Value::as_str).map(str::to_owned);
+
+        // The family: ours (sid) or a new one for a simplejwt-issued token.
+        let family = match &sid {
+            Some(sid) => {
+                let s = sid.clone();
+                let fam = blocking(&self.store, move |st| st.family(&s))
+                    .await
+                    .map_err(TokenError::Store)?;
+                match fam {
+                    Some(f) if f.revoked_at.is_some() => {
+                        return Err(TokenError::Token(TokenProblem::Blacklisted))
+                    }
+                    Some(f) if f.expires_at <= now => {
+                        return Err(TokenError::Token(TokenProblem::Expired))
+                    }
+                    Some(f) => f,
+                    // Minted with our key but unknown to the store: refuse.
+                    None => return Err(TokenError::Token(TokenProblem::Blacklisted)),
+                }
+            }
+            None => Family {
+                sid: new_jti(),
+                user_id: user_id.clone(),
+                created_at: now,
+                expires_at: now.saturating_add(secs(self.cfg.session_max)),
+                revoked_at: None,
+            },
+        };
+
+        // Single use: mark this refresh token used, atomically.
+        let single_use = self.cfg.rotate_refresh && self.cfg.blacklist_after_rotation;
+        if single_use || sid.is_none() {
+            let (j, fsid, uid, exp) = (
+                jti.clone(),
+                family.sid.clone(),
+                user_id.clone(),
+                claims.get("exp").and_then(Value::as_i64).unwrap_or(now),
+            );
+            let foreign = sid.is_none();
+            let outcome = blocking(&self.store, move |s| {
+                if foreign {
+                    // A simplejwt token: remember it, so it too is single use.
+                    s.record_refresh(&j, &fsid, &uid, now, exp)?;
+                }
+                s.use_refresh(&j, now)
+            })
+            .await
+            .map_err(TokenError::Store)?;
+            match outcome {
+                RefreshUse::Fresh => {}
+                RefreshUse::AlreadyUsed if !single_use && !foreign => {}
+                RefreshUse::AlreadyUsed | RefreshUse::Unknown => {
+                    // SECURITY: a replayed refresh token means it leaked;
+                    // revoke every token of its login (OAuth 2.0 BCP 4.14.2).
+                    if let Some(sid) = &sid {
+                        tracing::warn!(sid = %sid, user_id = %user_id, "refresh token reuse detected: revoking its token family");
+                        self.revoke(sid, now, "refresh token reuse").await?;
+                    }
+                    return Err(TokenError::Token(TokenProblem::Blacklisted));
+                }
+            }
+        }
+
+        // The user is looked up again: inactive or removed users get nothing.
+        let extra = match self.credentials.lookup(&user_id) {
+            Lookup::Active(u) => u.claims,
+            Lookup::Gone => return Err(TokenError::InactiveForToken),
+            Lookup::NotChecked => extra_claims(&claims, &self.user_id_claim),
+        };
+        if sid.is_none() {
+            let f = family.clone();
+            blocking(&self.store, move |s| s.create_family(&f))
+                .await
+                .map_err(TokenError::Store)?;
+        }
+        let access = self.mint(
+            "access",
+            &user_id,
+            &extra,
+            &family.sid,
+            now,
+            self.access_exp(now),
+        )?;
+        if !self.cfg.rotate_refresh {
+            return Ok(ok(serde_json::json!({"access": access.0})));
+        }
+        let refresh_exp = now
+            .saturating_add(secs(self.cfg.refresh_ttl))
+            .min(family.expires_at);
+        let refresh = self.mint("refresh", &user_id, &extra, &family.sid, now, refresh_exp)?;
+        let (j, fsid, uid) = (refresh.1.clone(), family.sid.clone(), user_id.clone());
+        blocking(&self.store, move |s| {
+            s.record_refresh(&j, &fsid, &uid, now, refresh_exp)
+        })
+        .await
+        .map_err(TokenError::Store)?;
+        Ok(ok(
+            serde_json::json!({"access": access.0, "refresh": refresh.0}),
+        ))
+    }
+
+    /// POST {"token"} -> {} when it verifies (any token type).
+    pub(super) async fn verify(
+        &self,
+        ct: Option<&str>,
+        body: &Bytes,
+        auth: &Authenticator,
+    ) -> Result<Response<Body>, TokenError> {
+        let fields = request::fields(ct, body, &["token"])?;
+        let claims = auth
+            .verify_issued(&fields[0], None)
+            .map_err(TokenError::Token)?;
+        if self.cfg.blacklist_after_rotation {
+            // simplejwt with blacklisting answers a blacklisted token 400.
+            if let Some(sid) = claims.get("sid").and_then(Value::as_str) {
+                if self.revoked.is_revoked(sid) {
+                    return Err(TokenError::VerifyBlacklisted);
+                }
+            }
+        }
+        Ok(ok(serde_json::json!({})))
+    }
+
+    /// POST {"refresh"} -> {}: logs out the token's whole family.
+    pub(super) async fn blacklist(
+        &self,
+        ct: Option<&str>,
+        body: &Bytes,
+        auth: &Authenticator,
+    ) -> Result<Response<Body>, TokenError> {
+        let fields = request::fields(ct, body, &["refresh"])?;
+        let claims = auth
+            .verify_issued(&fields[0], Some("refresh"))
+            .map_err(TokenError::Token)?;
+        let now = unix_now();
+        let jti = claims
+            .get("jti")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        match claims.get("sid").and_then(Value::as_str) {
+            Some(sid) => {
+                if self.revoked.is_revoked(sid) {
+                    return Err(TokenError::Token(TokenProblem::Blacklisted));
+                }
+                let s = sid.to_string();
+                let fam = blocking(&self.store, move |st| st.family(&s))
+                    .await
+                    .map_err(TokenError::Store)?;
+                if fam.as_ref().is_some_and(|f| f.revoked_at.is_some()) {
+                    return Err(TokenError::Token(TokenProblem::Blacklisted));
+                }
+                self.revoke(sid, now, "blacklisted").await?;
+            }
+            None => {
+                // A simplejwt token: blacklist it by jti.
+                let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(now);
+                let outcome = blocking(&self.store, move |s| {
+                    s.record_refresh(&jti, "", "", now, exp)?;
+                    s.use_refresh(&jti, now)
+                })
+                .await
+                .map_err(TokenError::Store)?;
+                if outcome != RefreshUse::Fresh {
+                    return Err(TokenError::Token(TokenProblem::Blacklisted));
+                }
+            }
+        }
+        Ok(ok(serde_json::json!({})))
+    }
+
+    /// Revokes a family in the store and in the edge's mirror.
+    async fn revoke(&self, sid: &str, now: i64, reason: &'static str) -> Result<(), TokenError> {
+        let s = sid.to_string();
+        let expires = blocking(&self.store, move |st| st.revoke_family(&s, now, reason))
+            .await
+            .map_err(TokenError::Store)?;
+        // Access tokens may outlive the family's end by one access_ttl.
+        let until = expires.unwrap_or(now).max(self.access_exp(now));
+        self.revoked.insert(sid, until);
+        Ok(())
+    }
+
+    fn access_exp(&self, now: i64) -> i64 {
+        now.saturating_add(secs(self.cfg.access_ttl))
+    }
+
+    /// Signs one token; returns it with its jti.
+    fn mint(
+        &self,
+        token_type: &'static str,
+        user_id: &str,
+        extra: &Map<String, Value>,
+        sid: &str,
+        now: i64,
+        exp: i64,
+    ) -> Result<(String, String), TokenError> {
+        let claims = Claims {
+            token_type,
+            exp,
+            iat: now,
+            jti: new_jti(),
+            user_id_claim: &self.user_id_claim,
+            user_id,
+            extra,
+            sid: Some(sid),
+            audience: &self.audience,
+            issuer: self.issuer.as_deref(),
+        };
+        let jti = claims.jti.clone();
+        let token = self
+            .signer
+            .sign(&claims.to_map())
+            .map_err(TokenError::Sign)?;
+        Ok((token, jti))
+    }
+}
