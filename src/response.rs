@@ -61,6 +61,7 @@ impl GatewayError {
                 ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
                 ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
                 ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                ProxyError::ClientBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
                 ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             },
         }
@@ -84,6 +85,7 @@ impl GatewayError {
                     "Gateway timeout: the upstream server did not answer in time."
                 }
                 ProxyError::BodyTooLarge => "Request body too large.",
+                ProxyError::ClientBodyTimeout { .. } => "Request body timed out.",
                 ProxyError::BadRequest(_) => "Bad request.",
             },
         }

@@ -815,3 +815,176 @@ async fn forwarding_headers_over_http2_and_tls() {
     assert_eq!(one(&seen, "x-forwarded-proto"), "https");
     assert_eq!(one(&seen, "x-forwarded-for"), "127.0.0.1");
 }
+
+// ------------------------------------------------------------ slow clients on the proxy path
+
+/// A body of `chunks` chunks of `chunk` bytes, one every `gap`.
+fn paced_body(
+    chunks: usize,
+    chunk: usize,
+    gap: Duration,
+) -> StreamBody<impl futures_util::Stream<Item = Result<Frame<Bytes>, Infallible>>> {
+    let piece = Bytes::from(vec![b'p'; chunk]);
+    let stream = futures_util::stream::unfold(0usize, move |i| {
+        let piece = piece.clone();
+        async move {
+            if i >= chunks {
+                return None;
+            }
+            if i > 0 {
+                tokio::time::sleep(gap).await;
+            }
+            Some((Ok(Frame::data(piece)), i + 1))
+        }
+    });
+    StreamBody::new(stream)
+}
+
+#[tokio::test]
+async fn an_upload_slower_than_the_upstream_timeout_still_gets_through() {
+    let up = Upstream::start().await;
+    let config = proxy_config(&up.url()).replace("timeout = \"2s\"", "timeout = \"500ms\"");
+    let gw = Gateway::start(&config).await;
+    // 8 chunks 150ms apart: 1s+ of upload, never 500ms without progress.
+    let resp = timeout(
+        LIMIT,
+        send_streaming(
+            gw.addr,
+            req("POST", "/paced")
+                .body(paced_body(8, 1000, Duration::from_millis(150)))
+                .unwrap(),
+        ),
+    )
+    .await
+    .unwrap();
+    let r = collect(resp).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.last().body_len, 8000);
+}
+
+#[tokio::test]
+async fn a_stalled_request_body_is_not_held_forever() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start().await;
+    let config = proxy_config(&up.url()).replace("timeout = \"2s\"", "timeout = \"500ms\"");
+    let gw = Gateway::start(&config).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(
+        b"POST /stall HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 1000\r\n\r\n0123456789",
+    )
+    .await
+    .unwrap();
+    // Then nothing: the gateway must answer (or close) on its own.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    let answered = timeout(Duration::from_secs(5), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    got.extend_from_slice(&buf[..n]);
+                    if got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    assert!(answered.is_ok(), "stalled upload held open");
+    // The client is at fault: 408, not a 504 that blames the upstream.
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text:?}");
+}
+
+#[tokio::test]
+async fn expect_100_continue_is_honoured() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&proxy_config(&up.url())).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(
+        b"POST /expect HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 5000\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("no 100 Continue")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(text.starts_with("HTTP/1.1 100"), "{text:?}");
+    s.write_all(&[b'e'; 5000]).await.unwrap();
+    let mut got = Vec::new();
+    timeout(LIMIT, async {
+        loop {
+            let n = s.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+            if String::from_utf8_lossy(&got).contains("\"body_len\":5000") {
+                break;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text:?}");
+    assert_eq!(up.last().body_len, 5000);
+}
+
+#[tokio::test]
+async fn an_ipv4_client_on_a_dual_stack_listener_is_named_by_its_ipv4_address() {
+    let up = Upstream::start().await;
+    let config = proxy_config(&up.url()).replace("127.0.0.1:0", "[::]:0");
+    if std::net::TcpListener::bind("[::]:0").is_err() {
+        eprintln!("no IPv6 here; skipping");
+        return;
+    }
+    let gw = Gateway::start(&config).await;
+    let v4: SocketAddr = format!("127.0.0.1:{}", gw.addr.port()).parse().unwrap();
+    let Ok(Ok(_)) = timeout(LIMIT, TcpStream::connect(v4)).await else {
+        eprintln!("listener is IPv6-only here; skipping");
+        return;
+    };
+    let r = get(v4, "/who").await;
+    assert_eq!(r.status, 200);
+    let seen = up.last();
+    assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(seen.headers["x-real-ip"], "127.0.0.1");
+}
+
+#[tokio::test]
+async fn an_upstream_that_stops_reading_the_body_is_504() {
+    // Accepts, never reads, never answers: the upload backs up in the
+    // upstream's socket, and the gateway must blame the upstream.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let h = held.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            h.lock().unwrap().push(s);
+        }
+    });
+    let config = limited_config(&format!("http://{addr}"), "100MiB")
+        .replace("timeout = \"2s\"", "timeout = \"500ms\"");
+    let gw = Gateway::start(&config).await;
+    let resp = timeout(
+        LIMIT,
+        send_streaming(
+            gw.addr,
+            req("POST", "/sink")
+                .body(generated_body(64, 256 * 1024))
+                .unwrap(),
+        ),
+    )
+    .await
+    .expect("no answer while the upstream is stuck");
+    let r = collect(resp).await;
+    assert_json_detail(&r, 504);
+    assert_eq!(held.lock().unwrap().len(), 1);
+}
