@@ -575,3 +575,122 @@ upstream = "app"
     assert_eq!(send_on(&mut conn, "/new/w").await.status, 200);
     assert_eq!(new.last().path, "/w");
 }
+
+// ------------------------------------------------------------ timeouts and long requests
+
+#[tokio::test]
+async fn a_slow_second_request_head_is_cut_off_too() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&config_with(
+        &up.url(),
+        "header_read_timeout = \"300ms\"\nidle_timeout = \"10s\"",
+    ))
+    .await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /one HTTP/1.1\r\nHost: gateway.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 8192];
+    let n = timeout(LIMIT, s.read(&mut buf)).await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // Idle a while (allowed), then start a head and dribble it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let start = Instant::now();
+    let mut closed = false;
+    for i in 0..60 {
+        if s.write_all(format!("X-Drip-{i}: y\r\n").as_bytes())
+            .await
+            .is_err()
+        {
+            closed = true;
+            break;
+        }
+        if let Ok(r) = timeout(Duration::from_millis(50), s.read(&mut buf)).await {
+            if matches!(r, Ok(0) | Err(_)) {
+                closed = true;
+                break;
+            }
+        }
+    }
+    assert!(closed, "a dribbled second head was not cut off");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test]
+async fn a_request_in_flight_is_not_cut_by_the_idle_timeout() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(
+        &config_with(
+            &up.url(),
+            "header_read_timeout = \"300ms\"\nidle_timeout = \"500ms\"",
+        )
+        .replace("timeout = \"2s\"", "timeout = \"5s\""),
+    )
+    .await;
+    let r = timeout(LIMIT, get(gw.addr, "/slow/1200")).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["path"], "/slow/1200");
+}
+
+#[tokio::test]
+async fn a_websocket_outlives_idle_timeout() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let ws = ws_echo_upstream().await;
+    let gw = Gateway::start(&config_with(
+        &format!("http://{ws}"),
+        "header_read_timeout = \"300ms\"\nidle_timeout = \"500ms\"",
+    ))
+    .await;
+    let stream = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut socket, _) = timeout(
+        LIMIT,
+        tokio_tungstenite::client_async("ws://gateway.test/ws", stream),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    for i in 0..2 {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let text = format!("still here {i}");
+        socket.send(Message::text(text.clone())).await.unwrap();
+        let back = timeout(LIMIT, socket.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, Message::text(text));
+    }
+}
+
+#[tokio::test]
+async fn drain_finishes_an_http2_request_in_flight() {
+    let up = Upstream::start().await;
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = tls_config(&ca, dir.path(), &up.url(), "shutdown_grace = \"10s\"");
+    let mut gw = Gateway::start_in(dir, &config).await;
+    let addr = gw.addr;
+    let client = ca.client_config(&[b"h2"]);
+    let in_flight = tokio::spawn(async move {
+        send_tls(
+            addr,
+            client,
+            "gateway.test",
+            req("GET", "/slow/800").body(no_body()).unwrap(),
+        )
+        .await
+    });
+    assert!(eventually(LIMIT, || up.count() == 1).await);
+    let drain = tokio::spawn(gw.handle.take().unwrap().drain());
+    let r = timeout(LIMIT, in_flight).await.unwrap().unwrap();
+    assert_eq!(r.version, Version::HTTP_2);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(timeout(LIMIT, drain).await.unwrap().unwrap());
+    assert!(TcpStream::connect(addr).await.is_err());
+}
