@@ -30,11 +30,12 @@ fn main() -> ExitCode {
 const EXIT_CONFIG: u8 = 2;
 
 fn serve(path: &std::path::Path) -> ExitCode {
-    // Validate before binding any port.
-    let config = match config::load(path) {
+    // Validate everything `check` does (certificates and static roots
+    // included) before binding any port: a bad config is a usage error.
+    let config = match check_config(path) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("{e}");
+            eprintln!("{e:#}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -53,7 +54,8 @@ fn serve(path: &std::path::Path) -> ExitCode {
     match rt.block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
+            // Not through tracing as well: one message, visible whatever
+            // RUST_LOG says.
             eprintln!("gateway: {e:#}");
             ExitCode::FAILURE
         }
@@ -156,14 +158,13 @@ fn summary(c: &Config) -> String {
 
 fn health(config_path: &std::path::Path, url: Option<&str>, timeout: u64) -> ExitCode {
     let target = match url {
-        Some(u) => healthcheck::Target::from_url(u),
+        Some(u) => healthcheck::Target::from_url(u).map_err(|e| e.to_string()),
         None => config::load(config_path)
             .map(|c| healthcheck::Target::from_config(&c))
-            .map_err(|e| {
-                eprintln!("{e}");
-                healthcheck::ProbeError::BadUrl(config_path.display().to_string())
-            }),
+            .map_err(|e| e.to_string()),
     };
+    // Exit 1, not 2, on a bad config too: Docker only knows healthy (0)
+    // and unhealthy (1).
     let target = match target {
         Ok(t) => t,
         Err(e) => {
@@ -178,7 +179,7 @@ fn health(config_path: &std::path::Path, url: Option<&str>, timeout: u64) -> Exi
             ExitCode::FAILURE
         }
         Err(e) => {
-            eprintln!("healthcheck: {e:#}");
+            eprintln!("healthcheck: {}", gateway::response::error_chain(&e));
             ExitCode::FAILURE
         }
     }
