@@ -596,7 +596,11 @@ async fn a_slow_second_request_head_is_cut_off_too() {
     // Idle a while (allowed), then start a head and dribble it.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let start = Instant::now();
+    s.write_all(b"GET /two HTTP/1.1\r\nHost: gateway.test\r\n")
+        .await
+        .unwrap();
     let mut closed = false;
+    let mut answer = Vec::new();
     for i in 0..60 {
         if s.write_all(format!("X-Drip-{i}: y\r\n").as_bytes())
             .await
@@ -605,18 +609,27 @@ async fn a_slow_second_request_head_is_cut_off_too() {
             closed = true;
             break;
         }
-        if let Ok(r) = timeout(Duration::from_millis(50), s.read(&mut buf)).await {
-            if matches!(r, Ok(0) | Err(_)) {
+        match timeout(Duration::from_millis(50), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
                 closed = true;
                 break;
             }
+            Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+            Err(_) => {}
         }
     }
     assert!(closed, "a dribbled second head was not cut off");
+    let elapsed = start.elapsed();
+    assert!(elapsed < Duration::from_secs(2), "closed after {elapsed:?}");
+    // Cut off by the timer, not refused as malformed.
     assert!(
-        start.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        start.elapsed()
+        elapsed >= Duration::from_millis(250),
+        "closed after {elapsed:?}"
+    );
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer:?}"
     );
     assert_eq!(up.count(), 1);
 }
