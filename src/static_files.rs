@@ -112,8 +112,8 @@ impl StaticFiles {
         let meta = tokio::fs::metadata(&file).await.map_err(StaticError::Io)?;
         let etag = etag_base(&meta);
         if let Some(inm) = req.headers().get(header::IF_NONE_MATCH) {
-            if if_none_match_hits(inm, &etag) {
-                return Ok(self.not_modified(&etag, &meta));
+            if let Some(matched) = if_none_match_hits(inm, &etag) {
+                return Ok(self.not_modified(&matched, &meta));
             }
         }
 
@@ -212,11 +212,13 @@ impl StaticFiles {
         true
     }
 
+    /// 304 carrying `etag`, the (strong, quoted) tag of the representation
+    /// the client showed, so a cache keeps the tag of what it stored.
     fn not_modified(&self, etag: &str, meta: &std::fs::Metadata) -> Response<Body> {
         let mut resp = Response::new(crate::response::empty());
         *resp.status_mut() = StatusCode::NOT_MODIFIED;
         let h = resp.headers_mut();
-        if let Ok(v) = HeaderValue::from_str(&etag_for(etag, None)) {
+        if let Ok(v) = HeaderValue::from_str(etag) {
             h.insert(header::ETAG, v);
         }
         if let Ok(m) = meta.modified() {
@@ -351,22 +353,22 @@ fn etag_for(base: &str, encoding: Option<&str>) -> String {
     }
 }
 
-/// Weak comparison (RFC 9110 13.1.2) against any representation of the file.
-fn if_none_match_hits(value: &HeaderValue, base: &str) -> bool {
-    let Ok(v) = value.to_str() else { return false };
-    v.split(',').any(|tag| {
+/// Weak comparison (RFC 9110 13.1.2) against any representation of the
+/// file; returns the strong form of the tag that matched.
+fn if_none_match_hits(value: &HeaderValue, base: &str) -> Option<String> {
+    let v = value.to_str().ok()?;
+    v.split(',').find_map(|tag| {
         let tag = tag.trim();
         if tag == "*" {
-            return true;
+            return Some(etag_for(base, None));
         }
         let tag = tag.strip_prefix("W/").unwrap_or(tag);
-        let Some(inner) = tag.strip_prefix('"').and_then(|t| t.strip_suffix('"')) else {
-            return false;
-        };
-        inner == base
+        let inner = tag.strip_prefix('"').and_then(|t| t.strip_suffix('"'))?;
+        let hit = inner == base
             || inner
                 .strip_prefix(base)
-                .is_some_and(|rest| rest.starts_with('-') && !rest[1..].contains('-'))
+                .is_some_and(|rest| rest.starts_with('-') && !rest[1..].contains('-'));
+        hit.then(|| format!("\"{inner}\""))
     })
 }
 
@@ -417,15 +419,16 @@ mod tests {
     #[test]
     fn etag_matching() {
         let v = HeaderValue::from_static("W/\"10-5\", \"zz\"");
-        assert!(if_none_match_hits(&v, "10-5"));
-        assert!(if_none_match_hits(
-            &HeaderValue::from_static("\"10-5-br\""),
-            "10-5"
-        ));
-        assert!(!if_none_match_hits(
-            &HeaderValue::from_static("\"10-6\""),
-            "10-5"
-        ));
-        assert!(if_none_match_hits(&HeaderValue::from_static("*"), "10-5"));
+        assert_eq!(if_none_match_hits(&v, "10-5").as_deref(), Some("\"10-5\""));
+        assert_eq!(
+            if_none_match_hits(&HeaderValue::from_static("\"10-5-br\""), "10-5").as_deref(),
+            Some("\"10-5-br\"")
+        );
+        assert!(if_none_match_hits(&HeaderValue::from_static("\"10-6\""), "10-5").is_none());
+        assert!(if_none_match_hits(&HeaderValue::from_static("\"10-5-x-y\""), "10-5").is_none());
+        assert_eq!(
+            if_none_match_hits(&HeaderValue::from_static("*"), "10-5").as_deref(),
+            Some("\"10-5\"")
+        );
     }
 }

@@ -718,3 +718,17 @@ upstream = "app"
     // Nothing listens any more.
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    static_site(dir.path());
+    let mut s = Served::start(dir, &serve_toml("one", false), false).await;
+    s.signal("-INT");
+    assert_eq!(
+        s.wait_exit(Duration::from_secs(15)).await,
+        Some(0),
+        "{}",
+        s.log()
+    );
+}

@@ -302,8 +302,19 @@ async fn precompressed_sibling_by_accept_encoding() {
     assert_eq!(gz.text(), "GZIP-BYTES");
     assert_eq!(gz.header("content-encoding"), Some("gzip"));
     assert_eq!(gz.header("vary"), Some("Accept-Encoding"));
-    // Each representation has its own tag.
+    // Each representation has its own tag, and revalidating one answers
+    // 304 with that same tag.
     assert_ne!(gz.header("etag"), br.header("etag"));
+    let br_tag = br.header("etag").unwrap();
+    let nm = get_with(
+        gw.addr,
+        "/static/app.js",
+        &[("accept-encoding", "br"), ("if-none-match", br_tag)],
+    )
+    .await;
+    assert_eq!(nm.status, 304);
+    assert_eq!(nm.header("etag"), Some(br_tag));
+    assert_eq!(nm.header("vary"), Some("Accept-Encoding"));
     let plain = get(gw.addr, "/static/app.js").await;
     assert_eq!(plain.text(), JS);
     assert_eq!(plain.header("content-encoding"), None);
@@ -409,6 +420,11 @@ async fn traversal_forms_never_serve_a_file() {
         b"/static/./site.css",
         b"/static/../../../../../../etc/passwd",
         b"/static/..%252fsecret",
+        b"/static/%2e%2e%2f%2e%2e%2fsecret",
+        b"/static/sub%2f..%2f..%2fsecret",
+        b"/static/..;/secret",
+        b"http://gateway.test/static/../secret",
+        b"/static/%c0%ae%c0%ae/secret",
     ];
     for form in forms {
         let (status, text) = raw(gw.addr, form).await;
