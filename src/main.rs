@@ -94,11 +94,62 @@ fn check(path: &std::path::Path) -> ExitCode {
 fn check_config(path: &std::path::Path) -> anyhow::Result<Config> {
     let config = config::load(path)?;
     if let Some(t) = &config.tls {
-        tls::server_config(t).with_context(|| format!("{}: tls", path.display()))?;
+        if let Err(e) = tls::server_config(t) {
+            let at = e
+                .path()
+                .and_then(|p| tls_key_for(path, config.base_dir(), p))
+                .unwrap_or_else(|| format!("{}: tls", path.display()));
+            return Err(anyhow::Error::new(e).context(at));
+        }
     }
     handler::AppState::new(config.clone())
         .with_context(|| format!("{}: routes", path.display()))?;
     Ok(config)
+}
+
+/// `FILE:LINE: KEY` of the `[tls]` entry that names `file`, so certificate
+/// errors point at a line as every other config error does. The typed
+/// config keeps no spans for these paths, so the file is read again here.
+fn tls_key_for(
+    config_path: &std::path::Path,
+    base: &std::path::Path,
+    file: &std::path::Path,
+) -> Option<String> {
+    use toml::Spanned;
+    #[derive(serde::Deserialize)]
+    struct Doc {
+        tls: Option<Tls>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Tls {
+        cert: Option<Spanned<String>>,
+        key: Option<Spanned<String>>,
+        #[serde(default)]
+        sni: Vec<Sni>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Sni {
+        cert: Spanned<String>,
+        key: Spanned<String>,
+    }
+    let text = std::fs::read_to_string(config_path).ok()?;
+    let tls = toml::from_str::<Doc>(&text).ok()?.tls?;
+    let mut entries = vec![
+        ("tls.key".to_string(), tls.key),
+        ("tls.cert".to_string(), tls.cert),
+    ];
+    for (i, s) in tls.sni.into_iter().enumerate() {
+        entries.push((format!("tls.sni[{i}].key"), Some(s.key)));
+        entries.push((format!("tls.sni[{i}].cert"), Some(s.cert)));
+    }
+    entries.into_iter().find_map(|(key, value)| {
+        let value = value?;
+        if base.join(value.get_ref()) != file {
+            return None;
+        }
+        let line = text[..value.span().start].matches('\n').count() + 1;
+        Some(format!("{}:{line}: {key}", config_path.display()))
+    })
 }
 
 fn summary(c: &Config) -> String {

@@ -236,10 +236,29 @@ fn check_tls_key_mismatch_exits_2_naming_the_files() {
     .unwrap();
     let o = gateway(dir.path(), &["check", "--config", "gateway.toml"]);
     assert_eq!(o.status.code(), Some(2));
+    assert_eq!(
+        stderr(&o),
+        "gateway.toml:5: tls.key: ./b.key does not match the certificate ./a.crt\n"
+    );
+    // A missing SNI certificate points at its own line and key.
+    std::fs::write(
+        dir.path().join("gateway.toml"),
+        "[server]\nlisten = \"127.0.0.1:0\"\n[tls]\ncert = \"a.crt\"\nkey = \"a.key\"\n\n[[tls.sni]]\nserver_name = \"x.test\"\ncert = \"missing.crt\"\nkey = \"b.key\"\n",
+    )
+    .unwrap();
+    let o = gateway(dir.path(), &["check", "--config", "gateway.toml"]);
+    assert_eq!(o.status.code(), Some(2));
     let err = stderr(&o);
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.starts_with("gateway.toml"), "{err}");
-    assert!(err.contains("b.key") && err.contains("a.crt"), "{err}");
+    assert!(
+        err.starts_with("gateway.toml:9: tls.sni[0].cert: cannot read ./missing.crt: "),
+        "{err}"
+    );
+    std::fs::write(
+        dir.path().join("gateway.toml"),
+        "[server]\nlisten = \"127.0.0.1:0\"\n[tls]\ncert = \"a.crt\"\nkey = \"b.key\"\n",
+    )
+    .unwrap();
     // `serve` refuses the same config the same way, before binding.
     let o = gateway(dir.path(), &["serve", "--config", "gateway.toml"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
