@@ -80,13 +80,7 @@ impl Target {
 
 /// Fetches the target and returns the HTTP status code.
 pub fn probe(t: &Target, timeout: Duration) -> Result<u16, ProbeError> {
-    let addr: SocketAddr = (t.host.as_str(), t.port)
-        .to_socket_addrs()
-        .map_err(|e| ProbeError::Connect(t.host.clone(), e))?
-        .next()
-        .ok_or_else(|| ProbeError::Connect(t.host.clone(), std::io::ErrorKind::NotFound.into()))?;
-    let mut tcp = TcpStream::connect_timeout(&addr, timeout)
-        .map_err(|e| ProbeError::Connect(addr.to_string(), e))?;
+    let (mut tcp, addr) = connect(t, timeout)?;
     tcp.set_read_timeout(Some(timeout)).ok();
     tcp.set_write_timeout(Some(timeout)).ok();
     let host_header = if t.host.contains(':') {
@@ -115,6 +109,23 @@ pub fn probe(t: &Target, timeout: Duration) -> Result<u16, ProbeError> {
         read_head(&mut tcp, &mut answer);
     }
     parse_status(&answer).ok_or(ProbeError::BadAnswer)
+}
+
+/// Connects to the first address of the host that answers: `localhost`
+/// may resolve to ::1 first while the gateway listens on IPv4 only.
+fn connect(t: &Target, timeout: Duration) -> Result<(TcpStream, SocketAddr), ProbeError> {
+    let addrs: Vec<SocketAddr> = (t.host.as_str(), t.port)
+        .to_socket_addrs()
+        .map_err(|e| ProbeError::Connect(t.host.clone(), e))?
+        .collect();
+    let mut last = std::io::Error::from(std::io::ErrorKind::NotFound);
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, timeout) {
+            Ok(tcp) => return Ok((tcp, addr)),
+            Err(e) => last = e,
+        }
+    }
+    Err(ProbeError::Connect(format!("{}:{}", t.host, t.port), last))
 }
 
 /// Reads until the status line is in (or the peer stops).

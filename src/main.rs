@@ -30,11 +30,12 @@ fn main() -> ExitCode {
 const EXIT_CONFIG: u8 = 2;
 
 fn serve(path: &std::path::Path) -> ExitCode {
-    // Validate before binding any port.
-    let config = match config::load(path) {
+    // Validate everything `check` does (certificates and static roots
+    // included) before binding any port: a bad config is a usage error.
+    let config = match check_config(path) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("{e}");
+            eprintln!("{e:#}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -53,7 +54,8 @@ fn serve(path: &std::path::Path) -> ExitCode {
     match rt.block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
+            // Not through tracing as well: one message, visible whatever
+            // RUST_LOG says.
             eprintln!("gateway: {e:#}");
             ExitCode::FAILURE
         }
@@ -92,11 +94,62 @@ fn check(path: &std::path::Path) -> ExitCode {
 fn check_config(path: &std::path::Path) -> anyhow::Result<Config> {
     let config = config::load(path)?;
     if let Some(t) = &config.tls {
-        tls::server_config(t).with_context(|| format!("{}: tls", path.display()))?;
+        if let Err(e) = tls::server_config(t) {
+            let at = e
+                .path()
+                .and_then(|p| tls_key_for(path, config.base_dir(), p))
+                .unwrap_or_else(|| format!("{}: tls", path.display()));
+            return Err(anyhow::Error::new(e).context(at));
+        }
     }
     handler::AppState::new(config.clone(), &handler::Deps::in_memory()?)
         .with_context(|| format!("{}: routes", path.display()))?;
     Ok(config)
+}
+
+/// `FILE:LINE: KEY` of the `[tls]` entry that names `file`, so certificate
+/// errors point at a line as every other config error does. The typed
+/// config keeps no spans for these paths, so the file is read again here.
+fn tls_key_for(
+    config_path: &std::path::Path,
+    base: &std::path::Path,
+    file: &std::path::Path,
+) -> Option<String> {
+    use toml::Spanned;
+    #[derive(serde::Deserialize)]
+    struct Doc {
+        tls: Option<Tls>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Tls {
+        cert: Option<Spanned<String>>,
+        key: Option<Spanned<String>>,
+        #[serde(default)]
+        sni: Vec<Sni>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Sni {
+        cert: Spanned<String>,
+        key: Spanned<String>,
+    }
+    let text = std::fs::read_to_string(config_path).ok()?;
+    let tls = toml::from_str::<Doc>(&text).ok()?.tls?;
+    let mut entries = vec![
+        ("tls.key".to_string(), tls.key),
+        ("tls.cert".to_string(), tls.cert),
+    ];
+    for (i, s) in tls.sni.into_iter().enumerate() {
+        entries.push((format!("tls.sni[{i}].key"), Some(s.key)));
+        entries.push((format!("tls.sni[{i}].cert"), Some(s.cert)));
+    }
+    entries.into_iter().find_map(|(key, value)| {
+        let value = value?;
+        if base.join(value.get_ref()) != file {
+            return None;
+        }
+        let line = text[..value.span().start].matches('\n').count() + 1;
+        Some(format!("{}:{line}: {key}", config_path.display()))
+    })
 }
 
 fn summary(c: &Config) -> String {
@@ -156,14 +209,13 @@ fn summary(c: &Config) -> String {
 
 fn health(config_path: &std::path::Path, url: Option<&str>, timeout: u64) -> ExitCode {
     let target = match url {
-        Some(u) => healthcheck::Target::from_url(u),
+        Some(u) => healthcheck::Target::from_url(u).map_err(|e| e.to_string()),
         None => config::load(config_path)
             .map(|c| healthcheck::Target::from_config(&c))
-            .map_err(|e| {
-                eprintln!("{e}");
-                healthcheck::ProbeError::BadUrl(config_path.display().to_string())
-            }),
+            .map_err(|e| e.to_string()),
     };
+    // Exit 1, not 2, on a bad config too: Docker only knows healthy (0)
+    // and unhealthy (1).
     let target = match target {
         Ok(t) => t,
         Err(e) => {
@@ -178,7 +230,7 @@ fn health(config_path: &std::path::Path, url: Option<&str>, timeout: u64) -> Exi
             ExitCode::FAILURE
         }
         Err(e) => {
-            eprintln!("healthcheck: {e:#}");
+            eprintln!("healthcheck: {}", gateway::response::error_chain(&e));
             ExitCode::FAILURE
         }
     }

@@ -72,6 +72,7 @@ impl GatewayError {
                 ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
                 ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
                 ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                ProxyError::ClientBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
                 ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             },
             GatewayError::Auth { err, .. } => match err {
@@ -103,6 +104,7 @@ impl GatewayError {
                     "Gateway timeout: the upstream server did not answer in time."
                 }
                 ProxyError::BodyTooLarge => "Request body too large.",
+                ProxyError::ClientBodyTimeout { .. } => "Request body timed out.",
                 ProxyError::BadRequest(_) => "Bad request.",
             },
             GatewayError::Auth { err, .. } => match err {

@@ -84,19 +84,24 @@ impl StaticFiles {
             return Err(StaticError::MethodNotAllowed);
         }
         let raw = req.uri().path();
-        let rel = relative_path(raw, prefix)?;
+        let Some(rel) = relative_path(raw, prefix)? else {
+            // `/static` on a `/static/` route: the root directory, so add
+            // the slash (as for any directory) or relative links in its
+            // index.html would resolve against the parent.
+            return Ok(self.add_slash(prefix, req.uri().query()));
+        };
         let segments = checked_segments(rel)?;
 
         let mut candidate = self.root.clone();
         candidate.extend(&segments);
         let found = self.contained(&candidate).await;
-        let (rel, file) = match found {
-            Some(file) => (rel.to_string(), file),
+        let (rel, file, opened) = match found {
+            Some((file, opened)) => (rel.to_string(), file, opened),
             None => match &self.fallback {
                 Some(f) => {
                     let p = self.root.join(f);
                     match self.contained(&p).await {
-                        Some(file) => (format!("/{f}"), file),
+                        Some((file, opened)) => (format!("/{f}"), file, opened),
                         None => return Err(StaticError::NotFound),
                     }
                 }
@@ -107,18 +112,30 @@ impl StaticFiles {
         let meta = tokio::fs::metadata(&file).await.map_err(StaticError::Io)?;
         let etag = etag_base(&meta);
         if let Some(inm) = req.headers().get(header::IF_NONE_MATCH) {
-            if if_none_match_hits(inm, &etag) {
-                return Ok(self.not_modified(&etag, &meta));
+            if let Some(matched) = if_none_match_hits(inm, &etag) {
+                return Ok(self.not_modified(&matched, &meta));
             }
         }
 
         // Hand ServeDir only what it needs, with the route-relative path.
+        // The query rides along only so ServeDir's add-a-slash redirect
+        // keeps it; files are found by path alone.
+        let inner_uri = match req.uri().query() {
+            Some(q) => format!("{rel}?{q}"),
+            None => rel,
+        };
         let mut inner = Request::builder()
             .method(req.method().clone())
-            .uri(Uri::try_from(rel.as_str()).map_err(|_| StaticError::BadPath)?)
+            .uri(Uri::try_from(inner_uri.as_str()).map_err(|_| StaticError::BadPath)?)
             .body(http_body_util::Empty::<bytes::Bytes>::new())
             .map_err(|_| StaticError::BadPath)?;
         copy_headers(req.headers(), inner.headers_mut());
+        if self.precompressed && !self.siblings_contained(&opened).await {
+            // SECURITY: ServeDir opens `x.br`/`x.gz` itself, unchecked; a
+            // sibling that leaves the root (a symlink) must not be chosen,
+            // so this request gets the plain file.
+            inner.headers_mut().remove(header::ACCEPT_ENCODING);
+        }
         let resp = self
             .serve
             .clone()
@@ -155,11 +172,53 @@ impl StaticFiles {
         Ok(resp)
     }
 
+    /// 307 from the route prefix without its slash to the prefix with it.
+    fn add_slash(&self, prefix: &str, query: Option<&str>) -> Response<Body> {
+        let mut location = format!("{}/", prefix.trim_end_matches('/'));
+        if let Some(q) = query {
+            location.push('?');
+            location.push_str(q);
+        }
+        let mut resp = Response::new(crate::response::empty());
+        *resp.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+        if let Ok(v) = HeaderValue::from_str(&location) {
+            resp.headers_mut().insert(header::LOCATION, v);
+        }
+        resp
+    }
+
+    /// Whether every precompressed sibling of `opened` that exists also
+    /// resolves to a regular file under the root.
+    async fn siblings_contained(&self, opened: &Path) -> bool {
+        for ext in ["br", "gz"] {
+            let mut name = opened.as_os_str().to_owned();
+            name.push(".");
+            name.push(ext);
+            let sibling = PathBuf::from(name);
+            if tokio::fs::symlink_metadata(&sibling).await.is_err() {
+                continue;
+            }
+            let inside = match tokio::fs::canonicalize(&sibling).await {
+                Ok(c) => {
+                    c.starts_with(&self.root)
+                        && tokio::fs::metadata(&c).await.is_ok_and(|m| m.is_file())
+                }
+                Err(_) => false,
+            };
+            if !inside {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// 304 carrying `etag`, the (strong, quoted) tag of the representation
+    /// the client showed, so a cache keeps the tag of what it stored.
     fn not_modified(&self, etag: &str, meta: &std::fs::Metadata) -> Response<Body> {
         let mut resp = Response::new(crate::response::empty());
         *resp.status_mut() = StatusCode::NOT_MODIFIED;
         let h = resp.headers_mut();
-        if let Ok(v) = HeaderValue::from_str(&etag_for(etag, None)) {
+        if let Ok(v) = HeaderValue::from_str(etag) {
             h.insert(header::ETAG, v);
         }
         if let Ok(m) = meta.modified() {
@@ -185,8 +244,10 @@ impl StaticFiles {
     }
 
     /// The canonical path of `candidate` (or of its index.html when it is a
-    /// directory) if it exists and lies under the root.
-    async fn contained(&self, candidate: &Path) -> Option<PathBuf> {
+    /// directory) if it exists and lies under the root, with the path as
+    /// ServeDir will open it (not canonical: its precompressed siblings sit
+    /// next to that one).
+    async fn contained(&self, candidate: &Path) -> Option<(PathBuf, PathBuf)> {
         let canonical = tokio::fs::canonicalize(candidate).await.ok()?;
         // SECURITY: a symlink may point anywhere; only what resolves inside
         // the root is served.
@@ -203,20 +264,21 @@ impl StaticFiles {
             }
             // The directory itself is what ServeDir is asked for; it
             // appends index.html (or redirects to add the slash).
-            return Some(index);
+            return Some((index, candidate.join("index.html")));
         }
-        meta.is_file().then_some(canonical)
+        meta.is_file().then(|| (canonical, candidate.to_path_buf()))
     }
 }
 
-/// The path below the route prefix, still percent-encoded, starting '/'.
-fn relative_path<'a>(raw: &'a str, prefix: &str) -> Result<&'a str, StaticError> {
+/// The path below the route prefix, still percent-encoded, starting '/';
+/// `None` when the path is the prefix without its trailing slash.
+fn relative_path<'a>(raw: &'a str, prefix: &str) -> Result<Option<&'a str>, StaticError> {
     let trimmed = prefix.trim_end_matches('/');
     let rest = raw.strip_prefix(trimmed).ok_or(StaticError::NotFound)?;
     if rest.is_empty() {
-        Ok("/")
+        Ok(None)
     } else if rest.starts_with('/') {
-        Ok(rest)
+        Ok(Some(rest))
     } else {
         Err(StaticError::NotFound)
     }
@@ -291,22 +353,22 @@ fn etag_for(base: &str, encoding: Option<&str>) -> String {
     }
 }
 
-/// Weak comparison (RFC 9110 13.1.2) against any representation of the file.
-fn if_none_match_hits(value: &HeaderValue, base: &str) -> bool {
-    let Ok(v) = value.to_str() else { return false };
-    v.split(',').any(|tag| {
+/// Weak comparison (RFC 9110 13.1.2) against any representation of the
+/// file; returns the strong form of the tag that matched.
+fn if_none_match_hits(value: &HeaderValue, base: &str) -> Option<String> {
+    let v = value.to_str().ok()?;
+    v.split(',').find_map(|tag| {
         let tag = tag.trim();
         if tag == "*" {
-            return true;
+            return Some(etag_for(base, None));
         }
         let tag = tag.strip_prefix("W/").unwrap_or(tag);
-        let Some(inner) = tag.strip_prefix('"').and_then(|t| t.strip_suffix('"')) else {
-            return false;
-        };
-        inner == base
+        let inner = tag.strip_prefix('"').and_then(|t| t.strip_suffix('"'))?;
+        let hit = inner == base
             || inner
                 .strip_prefix(base)
-                .is_some_and(|rest| rest.starts_with('-') && !rest[1..].contains('-'))
+                .is_some_and(|rest| rest.starts_with('-') && !rest[1..].contains('-'));
+        hit.then(|| format!("\"{inner}\""))
     })
 }
 
@@ -347,24 +409,26 @@ mod tests {
     fn relative_path_stays_in_prefix() {
         assert_eq!(
             relative_path("/static/a.css", "/static/").unwrap(),
-            "/a.css"
+            Some("/a.css")
         );
-        assert_eq!(relative_path("/static", "/static/").unwrap(), "/");
+        assert_eq!(relative_path("/static", "/static/").unwrap(), None);
+        assert_eq!(relative_path("/", "/").unwrap(), Some("/"));
         assert!(relative_path("/staticx", "/static/").is_err());
     }
 
     #[test]
     fn etag_matching() {
         let v = HeaderValue::from_static("W/\"10-5\", \"zz\"");
-        assert!(if_none_match_hits(&v, "10-5"));
-        assert!(if_none_match_hits(
-            &HeaderValue::from_static("\"10-5-br\""),
-            "10-5"
-        ));
-        assert!(!if_none_match_hits(
-            &HeaderValue::from_static("\"10-6\""),
-            "10-5"
-        ));
-        assert!(if_none_match_hits(&HeaderValue::from_static("*"), "10-5"));
+        assert_eq!(if_none_match_hits(&v, "10-5").as_deref(), Some("\"10-5\""));
+        assert_eq!(
+            if_none_match_hits(&HeaderValue::from_static("\"10-5-br\""), "10-5").as_deref(),
+            Some("\"10-5-br\"")
+        );
+        assert!(if_none_match_hits(&HeaderValue::from_static("\"10-6\""), "10-5").is_none());
+        assert!(if_none_match_hits(&HeaderValue::from_static("\"10-5-x-y\""), "10-5").is_none());
+        assert_eq!(
+            if_none_match_hits(&HeaderValue::from_static("*"), "10-5").as_deref(),
+            Some("\"10-5\"")
+        );
     }
 }

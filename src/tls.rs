@@ -50,6 +50,22 @@ pub enum TlsError {
     Config(#[source] rustls::Error),
 }
 
+impl TlsError {
+    /// The file this error is about, so a caller can point at the config
+    /// key that named it (for a mismatch: the key file).
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            TlsError::Read { path, .. }
+            | TlsError::NoCertificate { path }
+            | TlsError::BadCertificate { path, .. }
+            | TlsError::BadKey { path }
+            | TlsError::UnsupportedKey { path, .. } => Some(path),
+            TlsError::KeyMismatch { key, .. } => Some(key),
+            TlsError::SelfSigned(_) | TlsError::Config(_) => None,
+        }
+    }
+}
+
 /// The crypto provider everything TLS uses (ring: no C toolchain beyond cc).
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())

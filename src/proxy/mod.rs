@@ -4,9 +4,11 @@
 //! Steps of `forward`, in order: refuse a declared body over the limit;
 //! note an HTTP/1.1 upgrade; rewrite the URI (strip the route prefix);
 //! remove hop-by-hop headers; set Host, X-Forwarded-*, X-Real-IP,
-//! X-Request-Id and the identity headers the handler computed; send within
-//! the upstream timeout; remove hop-by-hop headers from the response; for a
-//! 101 answer, join the two upgraded connections.
+//! X-Request-Id and the identity headers the handler computed; send, with
+//! the upstream timeout counted from the last progress of the request body
+//! (a steady upload is never cut off, a stalled one is); remove hop-by-hop
+//! headers from the response; for a 101 answer, join the two upgraded
+//! connections.
 //!
 //! This module does not know about authentication: the handler passes the
 //! identity headers to inject, ready made.
@@ -23,10 +25,11 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::time::Instant;
 
 use crate::response::{Body, BoxError};
 pub use upstream::Upstream;
@@ -50,6 +53,8 @@ pub enum ProxyError {
     Timeout { upstream: String, after: Duration },
     #[error("request body exceeds max_body_bytes")]
     BodyTooLarge,
+    #[error("client sent no request body data within {after:?}")]
+    ClientBodyTimeout { after: Duration },
     #[error("request cannot be forwarded: {0}")]
     BadRequest(&'static str),
 }
@@ -127,7 +132,9 @@ pub async fn forward(
     headers::set_forwarded(
         h,
         &headers::ClientFacts {
-            ip: ctx.peer.ip(),
+            // A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d;
+            // the app wants the address the client really has.
+            ip: ctx.peer.ip().to_canonical(),
             tls: ctx.tls,
             trusted: ctx.trusted,
             host: client_host.as_ref(),
@@ -138,25 +145,34 @@ pub async fn forward(
         h.append(name, value.clone());
     }
 
-    let exceeded = Arc::new(AtomicBool::new(false));
+    let progress = Arc::new(BodyProgress::new(http_body::Body::is_end_stream(&body)));
     let body = LimitedBody {
         inner: body,
         remaining: ctx.max_body_bytes,
-        exceeded: exceeded.clone(),
+        progress: progress.clone(),
     }
     .boxed_unsync();
     let upstream_req = Request::from_parts(parts, body);
 
-    let sent = tokio::time::timeout(up.config.timeout, server.client.request(upstream_req)).await;
-    let mut resp = match sent {
-        Err(_) => {
-            return Err(ProxyError::Timeout {
-                upstream: name.clone(),
-                after: up.config.timeout,
-            })
+    // `timeout` runs from the last sign of progress: while the body is
+    // being sent each chunk restarts it, so a slow but steady upload is
+    // never cut off, and once the body is done the upstream has `timeout`
+    // to send its response headers.
+    let sent = tokio::select! {
+        r = server.client.request(upstream_req) => r,
+        stalled = progress.stalled(up.config.timeout) => {
+            return Err(match stalled {
+                Stall::Client => ProxyError::ClientBodyTimeout { after: up.config.timeout },
+                Stall::Upstream => ProxyError::Timeout {
+                    upstream: name.clone(),
+                    after: up.config.timeout,
+                },
+            });
         }
-        Ok(Err(e)) => {
-            if exceeded.load(Ordering::Acquire) {
+    };
+    let mut resp = match sent {
+        Err(e) => {
+            if progress.exceeded.load(Ordering::Acquire) {
                 return Err(ProxyError::BodyTooLarge);
             }
             return Err(if e.is_connect() {
@@ -171,7 +187,7 @@ pub async fn forward(
                 }
             });
         }
-        Ok(Ok(resp)) => resp,
+        Ok(resp) => resp,
     };
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -251,14 +267,73 @@ fn upstream_uri(
         .map_err(|_| ProxyError::BadRequest("invalid request target"))
 }
 
+/// Who stopped making progress when the upstream timeout ran out.
+enum Stall {
+    /// The client stopped sending a body it had announced.
+    Client,
+    /// The upstream did not take the body or did not answer.
+    Upstream,
+}
+
+/// How far the request body has got, shared between the body (which
+/// records progress) and `forward` (which enforces the timeout).
+struct BodyProgress {
+    start: Instant,
+    /// Milliseconds after `start` of the last chunk (or of the end).
+    last_ms: AtomicU64,
+    /// The whole body has been handed to the upstream client.
+    finished: AtomicBool,
+    /// The last poll of the client's body was pending: we are waiting on
+    /// the client, not on the upstream.
+    waiting_on_client: AtomicBool,
+    /// The body passed `max_body_bytes`.
+    exceeded: AtomicBool,
+}
+
+impl BodyProgress {
+    fn new(finished: bool) -> Self {
+        BodyProgress {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            finished: AtomicBool::new(finished),
+            waiting_on_client: AtomicBool::new(false),
+            exceeded: AtomicBool::new(false),
+        }
+    }
+
+    fn advanced(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Release);
+    }
+
+    /// Resolves once `timeout` has passed without progress.
+    async fn stalled(&self, timeout: Duration) -> Stall {
+        loop {
+            let last = self.start + Duration::from_millis(self.last_ms.load(Ordering::Acquire));
+            let deadline = last + timeout;
+            if Instant::now() >= deadline {
+                let client = !self.finished.load(Ordering::Acquire)
+                    && self.waiting_on_client.load(Ordering::Acquire);
+                return if client {
+                    Stall::Client
+                } else {
+                    Stall::Upstream
+                };
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
 pin_project_lite::pin_project! {
     /// The request body, cut off with an error once it passes the limit, so
-    /// a chunked upload cannot exceed `max_body_bytes` either.
+    /// a chunked upload cannot exceed `max_body_bytes` either. It records
+    /// its progress for the upstream timeout.
     struct LimitedBody {
         #[pin]
         inner: Incoming,
         remaining: u64,
-        exceeded: Arc<AtomicBool>,
+        progress: Arc<BodyProgress>,
     }
 }
 
@@ -274,21 +349,34 @@ impl http_body::Body for LimitedBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        match this.inner.poll_frame(cx) {
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
+        let progress = &**this.progress;
+        progress
+            .waiting_on_client
+            .store(polled.is_pending(), Ordering::Release);
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     let n = data.len() as u64;
                     if n > *this.remaining {
-                        this.exceeded.store(true, Ordering::Release);
+                        progress.exceeded.store(true, Ordering::Release);
                         return Poll::Ready(Some(Err(Box::new(TooLarge))));
                     }
                     *this.remaining -= n;
                 }
+                if this.inner.is_end_stream() {
+                    progress.finished.store(true, Ordering::Release);
+                }
+                progress.advanced();
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                progress.finished.store(true, Ordering::Release);
+                progress.advanced();
+                Poll::Ready(None)
+            }
             Poll::Pending => Poll::Pending,
         }
     }
