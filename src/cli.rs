@@ -50,11 +50,80 @@ pub enum Command {
             conflicts_with = "url"
         )]
         config: PathBuf,
-        /// Probe this URL instead, e.g. http://127.0.0.1:8080/healthz.
+        /// Probe this URL instead of the config's listener (takes
+        /// precedence), e.g. http://127.0.0.1:8080/healthz.
         #[arg(long, value_name = "URL")]
         url: Option<String>,
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 5, value_name = "SECONDS")]
         timeout: u64,
+    },
+    /// Read a password (one line on stdin; on a terminal, prompted twice
+    /// without echo) and print its argon2id PHC string.
+    HashPassword,
+    /// Manage the users file of [tokens.credentials].
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Generate a signing key pair: DIR/private.pem, DIR/public.pem and
+    /// DIR/jwks.json (with a kid).
+    Keygen {
+        /// ES256, ES384, RS256 or EdDSA.
+        #[arg(long, value_name = "ALG")]
+        alg: String,
+        /// Directory to write into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Key id for jwks.json (default: the RFC 7638 thumbprint).
+        #[arg(long)]
+        kid: Option<String>,
+    },
+    /// Mint an access token with the config's signing key and print it.
+    Token {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The user id claim's value.
+        #[arg(long, value_name = "ID")]
+        user_id: String,
+        /// Extra claims, KEY=VALUE (VALUE as JSON when it parses, e.g.
+        /// roles=["staff"], else a string). Repeatable.
+        #[arg(long, value_name = "KEY=VALUE")]
+        claim: Vec<String>,
+        /// Lifetime (default: tokens.access_ttl, or 5m).
+        #[arg(long, value_name = "DURATION")]
+        ttl: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add a user; the password is read like hash-password.
+    Add {
+        /// The username.
+        name: String,
+        #[arg(long, value_name = "FILE")]
+        users_file: PathBuf,
+        /// Defaults to one more than the largest numeric id in the file.
+        #[arg(long, value_name = "ID")]
+        user_id: Option<String>,
+        /// Extra claims, KEY=VALUE (VALUE as JSON when it parses). Repeatable.
+        #[arg(long, value_name = "KEY=VALUE")]
+        claim: Vec<String>,
+        /// Create the user inactive.
+        #[arg(long)]
+        inactive: bool,
+    },
+    /// Import users exported with `manage.py dumpdata auth.user` (their
+    /// Django password hashes keep working).
+    ImportDjango {
+        /// The dumpdata JSON file ("-" for stdin).
+        dump: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        users_file: PathBuf,
+        /// Django user fields to carry as token claims, e.g.
+        /// --claims is_staff,email (default: none, as simplejwt).
+        #[arg(long, value_delimiter = ',', value_name = "FIELDS")]
+        claims: Vec<String>,
     },
 }

@@ -3,13 +3,14 @@
 //! process exits.
 
 mod cli;
+mod commands;
 
 use anyhow::Context;
 use clap::Parser;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use cli::{Cli, Command};
+use cli::{Cli, Command, UserCommand};
 use gateway::config::{self, Config, RouteTarget};
 use gateway::{handler, healthcheck, server, telemetry, tls};
 
@@ -23,6 +24,44 @@ fn main() -> ExitCode {
             url,
             timeout,
         } => health(&config, url.as_deref(), timeout),
+        Command::HashPassword => admin(commands::hash_password()),
+        Command::User { command } => admin(match command {
+            UserCommand::Add {
+                name,
+                users_file,
+                user_id,
+                claim,
+                inactive,
+            } => commands::user_add(&name, &users_file, user_id, &claim, inactive),
+            UserCommand::ImportDjango {
+                dump,
+                users_file,
+                claims,
+            } => commands::import_django(&dump, &users_file, &claims),
+        }),
+        Command::Keygen { alg, out, kid } => admin(commands::keygen(&alg, &out, kid)),
+        Command::Token {
+            config,
+            user_id,
+            claim,
+            ttl,
+        } => admin(commands::token(
+            &config.config,
+            &user_id,
+            &claim,
+            ttl.as_deref(),
+        )),
+    }
+}
+
+/// Operator commands: errors printed, exit 2.
+fn admin(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gateway: {e:#}");
+            ExitCode::from(EXIT_CONFIG)
+        }
     }
 }
 

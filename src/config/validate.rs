@@ -385,27 +385,34 @@ fn validate_tokens(
 }
 
 fn default_tokens(base: &Path) -> TokensConfig {
-    TokensConfig {
-        obtain_path: "/api/token/".into(),
-        refresh_path: "/api/token/refresh/".into(),
-        verify_path: "/api/token/verify/".into(),
-        blacklist_path: "/api/token/blacklist/".into(),
-        jwks_path: "/.well-known/jwks.json".into(),
-        access_ttl: Duration::from_secs(300),
-        refresh_ttl: Duration::from_secs(86400),
-        rotate_refresh: true,
-        blacklist_after_rotation: true,
-        session_max: Duration::from_secs(30 * 86400),
-        cors_origins: vec![],
-        signing_key: None,
-        max_body_bytes: 64 * 1024,
-        credentials: CredentialsConfig::UsersFile(base.join("users.toml")),
-        rate_limit: RateLimitConfig {
-            per_user: 5,
-            per_user_window: Duration::from_secs(900),
-            per_address: 20,
-            per_address_window: Duration::from_secs(60),
-        },
+    TokensConfig::defaults(base)
+}
+
+impl TokensConfig {
+    /// Every [tokens] key at its default.
+    pub fn defaults(base: &Path) -> TokensConfig {
+        TokensConfig {
+            obtain_path: "/api/token/".into(),
+            refresh_path: "/api/token/refresh/".into(),
+            verify_path: "/api/token/verify/".into(),
+            blacklist_path: "/api/token/blacklist/".into(),
+            jwks_path: "/.well-known/jwks.json".into(),
+            access_ttl: Duration::from_secs(300),
+            refresh_ttl: Duration::from_secs(86400),
+            rotate_refresh: true,
+            blacklist_after_rotation: true,
+            session_max: Duration::from_secs(30 * 86400),
+            cors_origins: vec![],
+            signing_key: None,
+            max_body_bytes: 64 * 1024,
+            credentials: CredentialsConfig::UsersFile(base.join("users.toml")),
+            rate_limit: RateLimitConfig {
+                per_user: 5,
+                per_user_window: Duration::from_secs(900),
+                per_address: 20,
+                per_address_window: Duration::from_secs(60),
+            },
+        }
     }
 }
 
