@@ -14,8 +14,8 @@
 //! 9. Dispatch: static files, or the reverse proxy with the identity
 //!    headers built from the verified claims.
 //! 10. Errors become responses in `response`; every response gets the
-//!    request id and, on TLS, the HSTS header. The access log line is
-//!    written by the server once the body has been sent.
+//!     request id and, on TLS, the HSTS header. The access log line is
+//!     written by the server once the body has been sent.
 
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
@@ -271,7 +271,16 @@ async fn dispatch(
         Err(e) => return response::error_response(&e),
     };
     let inject = match &identity {
-        Some(id) => identity::build(&state.config.identity, &id.claims),
+        Some(id) => identity::build(
+            &state.config.identity,
+            &id.claims,
+            state
+                .config
+                .jwt
+                .as_ref()
+                .map_or("user_id", |j| j.user_id_claim.as_str()),
+            &id.user_id,
+        ),
         None => Vec::new(),
     };
     if !state.config.identity.forward_token {

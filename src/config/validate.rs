@@ -180,7 +180,7 @@ fn validate(r: &mut Report, path: &Path, raw: RawConfig) -> Config {
         }
     }
     // Longest prefix first; ties keep file order (stable sort).
-    routes.sort_by(|a, b| b.path.len().cmp(&a.path.len()));
+    routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
 
     let log = LogConfig {
         format: match raw.log.format {
@@ -575,7 +575,7 @@ fn validate_upstream(
     for (i, s) in u.servers.iter().flatten().enumerate() {
         servers.extend(upstream_addr(r, s, &format!("{key}.servers[{i}]")));
     }
-    if u.url.is_none() && u.servers.as_ref().is_none_or(|s| s.is_empty()) {
+    if u.url.is_none() && u.servers.as_ref().map_or(true, |s| s.is_empty()) {
         r.at(
             None,
             &format!("{key}.url"),
@@ -678,11 +678,14 @@ fn validate_route(
                     ),
                 );
             }
-            if route.fallback.is_some() || route.cache_control.is_some() {
+            if route.fallback.is_some()
+                || route.cache_control.is_some()
+                || route.precompressed.is_some()
+            {
                 r.spanned(
                     up,
                     &key,
-                    "fallback and cache_control only apply to static routes",
+                    "fallback, cache_control and precompressed only apply to static routes",
                 );
             }
             RouteTarget::Upstream(UpstreamRoute {
@@ -805,21 +808,26 @@ fn algorithm(r: &mut Report, v: &Spanned<String>, key: &str) -> JwtAlg {
 
 /// The key material of a `[jwt]` or `[[jwt.keys]]` entry: exactly one of
 /// secret, public_key, private_key, jwks_file.
+/// The four ways to give a key, as written in one table.
+struct KeyFields<'a> {
+    secret: &'a Option<Spanned<String>>,
+    public_key: &'a Option<Spanned<String>>,
+    private_key: &'a Option<Spanned<String>>,
+    jwks_file: &'a Option<Spanned<String>>,
+}
+
 fn key_material(
     r: &mut Report,
     base: &Path,
     key: &str,
     anchor: Option<Range<usize>>,
-    secret: &Option<Spanned<String>>,
-    public_key: &Option<Spanned<String>>,
-    private_key: &Option<Spanned<String>>,
-    jwks_file: &Option<Spanned<String>>,
+    f: KeyFields<'_>,
 ) -> Option<(KeyMaterial, String)> {
     let given: Vec<(&str, &Spanned<String>)> = [
-        ("secret", secret),
-        ("public_key", public_key),
-        ("private_key", private_key),
-        ("jwks_file", jwks_file),
+        ("secret", f.secret),
+        ("public_key", f.public_key),
+        ("private_key", f.private_key),
+        ("jwks_file", f.jwks_file),
     ]
     .into_iter()
     .filter_map(|(n, v)| v.as_ref().map(|v| (n, v)))
@@ -893,10 +901,12 @@ fn validate_jwt(r: &mut Report, base: &Path, j: RawJwt) -> JwtConfig {
             base,
             "jwt",
             anchor,
-            &j.secret,
-            &j.public_key,
-            &j.private_key,
-            &j.jwks_file,
+            KeyFields {
+                secret: &j.secret,
+                public_key: &j.public_key,
+                private_key: &j.private_key,
+                jwks_file: &j.jwks_file,
+            },
         ) {
             let alg = top_alg.unwrap_or(JwtAlg::HS256);
             check_alg_fits(r, &material, alg, &origin);
@@ -1048,10 +1058,12 @@ fn validate_key(
         base,
         &key,
         Some(k.kid.span()),
-        &k.secret,
-        &k.public_key,
-        &k.private_key,
-        &k.jwks_file,
+        KeyFields {
+            secret: &k.secret,
+            public_key: &k.public_key,
+            private_key: &k.private_key,
+            jwks_file: &k.jwks_file,
+        },
     )?;
     check_alg_fits(r, &material, alg, &origin);
     Some(KeySpec {
