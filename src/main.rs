@@ -216,19 +216,59 @@ fn summary(c: &Config) -> String {
         let _ = writeln!(out, "  {h} (http, {what})");
     }
     let _ = writeln!(out, "  health: {}", c.server.health_path);
+    if let Some(t) = &c.tokens {
+        let _ = writeln!(out, "token routes (answered by the gateway):");
+        for (what, path) in [
+            ("obtain", &t.obtain_path),
+            ("refresh", &t.refresh_path),
+            ("verify", &t.verify_path),
+            ("blacklist", &t.blacklist_path),
+            ("jwks", &t.jwks_path),
+        ] {
+            let _ = writeln!(out, "  {path:<24} {what}");
+        }
+    }
     let _ = writeln!(out, "routes (match order):");
     for r in &c.routes {
+        let auth = match r.policy.auth {
+            config::AuthMode::Required => "auth required",
+            config::AuthMode::Optional => "auth optional",
+            config::AuthMode::None => "no auth",
+        };
+        let mut extra = String::new();
+        if !r.policy.require.is_empty() {
+            let rules: Vec<String> = r
+                .policy
+                .require
+                .iter()
+                .map(|c| format!("{} in [{}]", c.claim, c.any_of.join(", ")))
+                .collect();
+            let _ = write!(extra, ", require {}", rules.join(" and "));
+        }
+        if let Some(m) = &r.policy.methods {
+            let names: Vec<&str> = m.iter().map(|m| m.as_str()).collect();
+            let _ = write!(extra, ", methods {}", names.join(" "));
+        }
         match &r.target {
             RouteTarget::Static(s) => {
-                let _ = writeln!(out, "  {:<24} static {}", r.path, s.root.display());
+                let _ = writeln!(
+                    out,
+                    "  {:<24} static {} ({auth}{extra})",
+                    r.path,
+                    s.root.display()
+                );
             }
             RouteTarget::Upstream(u) => {
                 let strip = if u.strip_prefix {
-                    " (prefix stripped)"
+                    ", prefix stripped"
                 } else {
                     ""
                 };
-                let _ = writeln!(out, "  {:<24} upstream {}{strip}", r.path, u.upstream);
+                let _ = writeln!(
+                    out,
+                    "  {:<24} upstream {} ({auth}{strip}{extra})",
+                    r.path, u.upstream
+                );
             }
         }
     }
