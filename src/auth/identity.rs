@@ -69,12 +69,25 @@ fn normalise(name: &str) -> String {
         .collect()
 }
 
-/// The identity headers to inject for verified `claims`.
-pub fn build(cfg: &IdentityConfig, claims: &Map<String, Value>) -> Vec<(HeaderName, HeaderValue)> {
+/// The identity headers to inject for verified `claims`. A header mapped
+/// to `user_id_claim` (the `[jwt]` user-id claim) carries `user_id`, the id
+/// the token was accepted for: a trusted issuer may take it from another
+/// claim (its own `user_id_claim`, e.g. `sub`).
+pub fn build(
+    cfg: &IdentityConfig,
+    claims: &Map<String, Value>,
+    user_id_claim: &str,
+    user_id: &str,
+) -> Vec<(HeaderName, HeaderValue)> {
     let mut out = Vec::with_capacity(cfg.headers.len() + 1);
     for (header, claim) in &cfg.headers {
-        let Some(v) = claims.get(claim) else { continue };
-        let Some(text) = claim_text(v) else { continue };
+        let text = if claim == user_id_claim {
+            user_id.to_string()
+        } else {
+            let Some(v) = claims.get(claim) else { continue };
+            let Some(text) = claim_text(v) else { continue };
+            text
+        };
         // from_bytes refuses control characters (no header injection).
         match HeaderValue::from_bytes(text.as_bytes()) {
             Ok(hv) => out.push((header.clone(), hv)),
@@ -151,7 +164,7 @@ mod tests {
             .as_object()
             .unwrap()
             .clone();
-        let out = build(&cfg(), &claims);
+        let out = build(&cfg(), &claims, "user_id", "42");
         assert_eq!(out[0].1, "42");
         assert_eq!(out[1].1, "staff,ops");
         let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -169,6 +182,8 @@ mod tests {
             .as_object()
             .unwrap()
             .clone();
-        assert!(build(&cfg(), &claims).iter().all(|(n, _)| n != "x-user-id"));
+        assert!(build(&cfg(), &claims, "user_id", "1\r\nX-Evil: 1")
+            .iter()
+            .all(|(n, _)| n != "x-user-id"));
     }
 }

@@ -165,15 +165,23 @@ impl Authenticator {
                     .kid
                     .as_deref()
                     .ok_or(AuthError::InvalidToken(TokenProblem::Invalid))?;
-                let key = match r.key(kid) {
-                    Some(k) => k,
+                // SECURITY: the generation is read before the key, so a
+                // refresh in between can only make the cache entry stale,
+                // never stamp a revoked key with the new set's generation.
+                let seen = r.generation();
+                let (key, generation) = match r.key(kid) {
+                    Some(k) => (k, seen),
                     // A rotated-in key: refetch once (rate limited) and look again.
-                    None if r.refetch_for_unknown_kid().await => r
-                        .key(kid)
-                        .ok_or(AuthError::InvalidToken(TokenProblem::Invalid))?,
+                    None if r.refetch_for_unknown_kid(seen).await => {
+                        let generation = r.generation();
+                        let k = r
+                            .key(kid)
+                            .ok_or(AuthError::InvalidToken(TokenProblem::Invalid))?;
+                        (k, generation)
+                    }
                     None => return Err(AuthError::InvalidToken(TokenProblem::Invalid)),
                 };
-                (key, (i + 1, r.generation()))
+                (key, (i + 1, generation))
             }
             None => (
                 self.keys

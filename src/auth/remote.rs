@@ -77,6 +77,11 @@ impl RemoteIssuer {
     /// Fetches now; on failure keeps the current set.
     pub async fn refresh(&self) -> Result<usize, FetchError> {
         let _one = self.fetching.lock().await;
+        self.fetch_and_store().await
+    }
+
+    /// The fetch itself; the caller holds `fetching`.
+    async fn fetch_and_store(&self) -> Result<usize, FetchError> {
         let text = fetch(&self.config.jwks_url, &self.tls).await?;
         let keys = parse_jwks(&text, &self.config.algorithms)
             .map_err(|e| FetchError::Jwks(self.config.jwks_url.to_string(), e))?;
@@ -91,8 +96,17 @@ impl RemoteIssuer {
         Ok(n)
     }
 
-    /// For an unknown kid: refetch, unless one was done in the last 30 s.
-    pub async fn refetch_for_unknown_kid(&self) -> bool {
+    /// For an unknown kid, looked up in the set of generation `seen`:
+    /// whether the set may now hold it (look again). Waits for a fetch in
+    /// flight (the first one at start, or another request's refetch) and
+    /// reuses its result; otherwise refetches, unless one was done in the
+    /// last 30 s. Without the wait, a burst of tokens with a rotated-in kid
+    /// would all be refused but the one that started the refetch.
+    pub async fn refetch_for_unknown_kid(&self, seen: u64) -> bool {
+        let _one = self.fetching.lock().await;
+        if self.generation() != seen {
+            return true;
+        }
         {
             let Ok(mut last) = self.last_kid_refetch.lock() else {
                 return false;
@@ -102,7 +116,7 @@ impl RemoteIssuer {
             }
             *last = Some(Instant::now());
         }
-        match self.refresh().await {
+        match self.fetch_and_store().await {
             Ok(_) => true,
             Err(e) => {
                 tracing::warn!(issuer = %self.config.issuer, error = %crate::response::error_chain(&e), "JWKS refetch failed; keeping the last good set");
