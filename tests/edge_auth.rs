@@ -4,6 +4,9 @@
 //! checks that the upstream never saw the request, and every refusal test
 //! sends a valid control token afterwards, so a broken setup cannot pass
 //! as a refusal.
+//!
+//! Long on purpose: issue 3 asks for each attack and each spoofing case as
+//! its own test.
 
 mod common;
 #[path = "common/jwt.rs"]
