@@ -21,11 +21,21 @@
 //!    `Vary: Accept-Encoding` when precompressed files may be chosen.
 //!
 //! No directory listings exist: ServeDir has none.
+//!
+//! Speed: small files (up to 256 KiB) that were served whole are kept in
+//! memory, keyed by request path and accepted encoding, and answered
+//! without touching the blocking pool. Every hit re-checks the file's size
+//! and mtime with one stat, so a changed file is never served stale
+//! (nginx's open_file_cache trusts its entries for 60 s). Requests with
+//! Range or If-Modified-Since take the full path above.
 
+use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use percent_encoding::percent_decode_str;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::UNIX_EPOCH;
 use tower_http::services::ServeDir;
 
@@ -52,6 +62,37 @@ pub struct StaticFiles {
     cache_control: Option<HeaderValue>,
     fallback: Option<String>,
     precompressed: bool,
+    hot: HotCache,
+}
+
+/// Files up to this size are kept in memory once served.
+const HOT_MAX_FILE: u64 = 256 * 1024;
+/// The hot cache's bound; past it, it starts over.
+const HOT_MAX_BYTES: usize = 64 * 1024 * 1024;
+
+#[derive(Default)]
+struct HotCache {
+    entries: Mutex<HotEntries>,
+}
+
+#[derive(Default)]
+struct HotEntries {
+    map: HashMap<(String, u8), Arc<HotFile>>,
+    bytes: usize,
+}
+
+/// A small file held in memory, with its ready-made headers.
+struct HotFile {
+    body: Bytes,
+    /// The file the body came from (the `.br`/`.gz` sibling when encoded).
+    source: PathBuf,
+    len: u64,
+    mtime: std::time::SystemTime,
+    etag_base: String,
+    etag: HeaderValue,
+    content_type: HeaderValue,
+    last_modified: Option<HeaderValue>,
+    encoding: Option<HeaderValue>,
 }
 
 impl StaticFiles {
@@ -70,7 +111,154 @@ impl StaticFiles {
                 .and_then(|c| HeaderValue::from_str(c).ok()),
             fallback: route.fallback.clone(),
             precompressed: route.precompressed,
+            hot: HotCache::default(),
         })
+    }
+
+    /// The accepted precompressed encodings as a small key: bit 0 br, bit 1 gzip.
+    fn encoding_key(&self, headers: &HeaderMap) -> u8 {
+        if !self.precompressed {
+            return 0;
+        }
+        let mut key = 0;
+        for v in headers.get_all(header::ACCEPT_ENCODING) {
+            let Ok(v) = v.to_str() else { continue };
+            for item in v.split(',') {
+                let mut parts = item.split(';');
+                let name = parts.next().unwrap_or("").trim();
+                let refused = parts.any(|p| {
+                    let p = p.trim();
+                    p.strip_prefix("q=")
+                        .is_some_and(|q| q.trim().parse::<f32>().map_or(false, |q| q <= 0.0))
+                });
+                if refused {
+                    continue;
+                }
+                if name.eq_ignore_ascii_case("br") {
+                    key |= 1;
+                } else if name.eq_ignore_ascii_case("gzip") {
+                    key |= 2;
+                }
+            }
+        }
+        key
+    }
+
+    /// Answers from memory when the file is hot and unchanged.
+    fn serve_hot<B>(&self, req: &Request<B>, key: &(String, u8)) -> Option<Response<Body>> {
+        let h = req.headers();
+        if h.contains_key(header::RANGE)
+            || h.contains_key(header::IF_MODIFIED_SINCE)
+            || h.contains_key(header::IF_UNMODIFIED_SINCE)
+        {
+            return None;
+        }
+        let file = self.hot.entries.lock().ok()?.map.get(key).cloned()?;
+        // One stat on the runtime thread: cheap for a cached inode, far
+        // cheaper than the blocking-pool round trips of the full path.
+        let fresh = std::fs::metadata(&file.source)
+            .ok()
+            .is_some_and(|m| m.len() == file.len && m.modified().ok() == Some(file.mtime));
+        if !fresh {
+            if let Ok(mut e) = self.hot.entries.lock() {
+                if let Some(old) = e.map.remove(key) {
+                    e.bytes = e.bytes.saturating_sub(old.body.len());
+                }
+            }
+            return None;
+        }
+        if let Some(inm) = h.get(header::IF_NONE_MATCH) {
+            if let Some(matched) = if_none_match_hits(inm, &file.etag_base) {
+                let mut resp = Response::new(crate::response::empty());
+                *resp.status_mut() = StatusCode::NOT_MODIFIED;
+                let rh = resp.headers_mut();
+                if let Ok(v) = HeaderValue::from_str(&matched) {
+                    rh.insert(header::ETAG, v);
+                }
+                if let Some(lm) = &file.last_modified {
+                    rh.insert(header::LAST_MODIFIED, lm.clone());
+                }
+                self.common_headers(rh);
+                return Some(resp);
+            }
+        }
+        let body = if req.method() == Method::HEAD {
+            // Keep Content-Length: a HEAD answers what a GET would send.
+            let mut r = Response::new(crate::response::empty());
+            r.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(file.body.len()));
+            r
+        } else {
+            Response::new(crate::response::full(file.body.clone()))
+        };
+        let mut resp = body;
+        let rh = resp.headers_mut();
+        rh.insert(header::CONTENT_TYPE, file.content_type.clone());
+        rh.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        if let Some(enc) = &file.encoding {
+            rh.insert(header::CONTENT_ENCODING, enc.clone());
+        }
+        if let Some(lm) = &file.last_modified {
+            rh.insert(header::LAST_MODIFIED, lm.clone());
+        }
+        rh.insert(header::ETAG, file.etag.clone());
+        self.common_headers(rh);
+        Some(resp)
+    }
+
+    /// Keeps a small file that was just served whole, for next time.
+    async fn make_hot(&self, key: (String, u8), opened: &Path, resp_headers: &HeaderMap) {
+        let encoding = resp_headers.get(header::CONTENT_ENCODING).cloned();
+        let source = match encoding.as_ref().and_then(|e| e.to_str().ok()) {
+            Some("br") => sibling(opened, "br"),
+            Some("gzip") => sibling(opened, "gz"),
+            Some(_) => return,
+            None => opened.to_path_buf(),
+        };
+        let (Some(content_type), Some(etag)) = (
+            resp_headers.get(header::CONTENT_TYPE),
+            resp_headers.get(header::ETAG),
+        ) else {
+            return;
+        };
+        let Ok(meta) = tokio::fs::metadata(&source).await else {
+            return;
+        };
+        let Ok(mtime) = meta.modified() else { return };
+        if !meta.is_file() || meta.len() > HOT_MAX_FILE {
+            return;
+        }
+        let Ok(data) = tokio::fs::read(&source).await else {
+            return;
+        };
+        if data.len() as u64 != meta.len() {
+            return;
+        }
+        // The ETag base is the plain file's (shared by all representations).
+        let Ok(plain_meta) = tokio::fs::metadata(opened).await else {
+            return;
+        };
+        let file = Arc::new(HotFile {
+            body: Bytes::from(data),
+            source,
+            len: meta.len(),
+            mtime,
+            etag_base: etag_base(&plain_meta),
+            etag: etag.clone(),
+            content_type: content_type.clone(),
+            last_modified: resp_headers.get(header::LAST_MODIFIED).cloned(),
+            encoding,
+        });
+        if let Ok(mut e) = self.hot.entries.lock() {
+            if e.bytes + file.body.len() > HOT_MAX_BYTES {
+                e.map.clear();
+                e.bytes = 0;
+            }
+            e.bytes += file.body.len();
+            if let Some(old) = e.map.insert(key, file) {
+                e.bytes = e.bytes.saturating_sub(old.body.len());
+            }
+        }
     }
 
     /// Serves `req` from this root. `prefix` is the route prefix, removed
@@ -91,15 +279,26 @@ impl StaticFiles {
             return Ok(self.add_slash(prefix, req.uri().query()));
         };
         let segments = checked_segments(rel)?;
+        let hot_key = (rel.to_string(), self.encoding_key(req.headers()));
+        if let Some(resp) = self.serve_hot(&req, &hot_key) {
+            return Ok(resp);
+        }
+        let cacheable = req.method() == Method::GET
+            && !req.headers().contains_key(header::RANGE)
+            && !req.headers().contains_key(header::IF_MODIFIED_SINCE)
+            && !req.headers().contains_key(header::IF_UNMODIFIED_SINCE);
 
         let mut candidate = self.root.clone();
         candidate.extend(&segments);
         let found = self.contained(&candidate).await;
+        let rel_is_dir = rel.ends_with('/');
+        let mut used_fallback = false;
         let (rel, file, opened) = match found {
             Some((file, opened)) => (rel.to_string(), file, opened),
             None => match &self.fallback {
                 Some(f) => {
                     let p = self.root.join(f);
+                    used_fallback = true;
                     match self.contained(&p).await {
                         Some((file, opened)) => (format!("/{f}"), file, opened),
                         None => return Err(StaticError::NotFound),
@@ -169,6 +368,16 @@ impl StaticFiles {
             }
         }
         self.common_headers(h);
+        // Only a plain hit (not the SPA fallback) of a whole small file.
+        let whole = status == StatusCode::OK
+            && h.get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .is_some_and(|n| n <= HOT_MAX_FILE);
+        if cacheable && whole && !used_fallback && !rel_is_dir {
+            let headers = h.clone();
+            self.make_hot(hot_key, &opened, &headers).await;
+        }
         Ok(resp)
     }
 
@@ -268,6 +477,13 @@ impl StaticFiles {
         }
         meta.is_file().then(|| (canonical, candidate.to_path_buf()))
     }
+}
+
+fn sibling(path: &Path, ext: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".");
+    name.push(ext);
+    PathBuf::from(name)
 }
 
 /// The path below the route prefix, still percent-encoded, starting '/';

@@ -569,3 +569,47 @@ static = "www"
     assert_eq!(r.text(), "body");
     assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
 }
+
+/// Small files are answered from memory after the first request; a change
+/// on disk (even one that keeps the size) is seen at once, HEAD keeps the
+/// length, and 304s come from the in-memory tag too.
+#[tokio::test]
+async fn in_memory_small_files_never_go_stale() {
+    let (gw, _up) = site().await;
+    let path = gw.path("www/site.css");
+    std::fs::write(&path, "aaaa").unwrap();
+    for _ in 0..3 {
+        let r = get(gw.addr, "/static/site.css").await;
+        assert_eq!(r.text(), "aaaa");
+    }
+    let etag = get(gw.addr, "/static/site.css")
+        .await
+        .header("etag")
+        .unwrap()
+        .to_string();
+    let nm = get_with(gw.addr, "/static/site.css", &[("if-none-match", &etag)]).await;
+    assert_eq!(nm.status, 304);
+    let head = send(
+        gw.addr,
+        req("HEAD", "/static/site.css")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(head.header("content-length"), Some("4"));
+    assert!(head.body.is_empty());
+    // Same size, new content and a later mtime.
+    std::fs::write(&path, "bbbb").unwrap();
+    let f = std::fs::File::options().write(true).open(&path).unwrap();
+    f.set_modified(std::time::SystemTime::now() + Duration::from_secs(5))
+        .unwrap();
+    drop(f);
+    let r = get(gw.addr, "/static/site.css").await;
+    assert_eq!(r.text(), "bbbb");
+    assert_ne!(r.header("etag"), Some(etag.as_str()));
+    let nm = get_with(gw.addr, "/static/site.css", &[("if-none-match", &etag)]).await;
+    assert_eq!(nm.status, 200, "the old tag no longer matches");
+    // Removed: 404, not a ghost from memory.
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(get(gw.addr, "/static/site.css").await.status, 404);
+}
