@@ -63,6 +63,8 @@ pub trait Store: Send + Sync {
     /// Atomically marks a refresh token used.
     fn use_refresh(&self, jti: &str, at: i64) -> Result<RefreshUse, StoreError>;
     fn is_used(&self, jti: &str) -> Result<bool, StoreError>;
+    /// The family a refresh token was recorded under (None: unknown jti).
+    fn refresh_family(&self, jti: &str) -> Result<Option<String>, StoreError>;
     /// Revoked families that could still have live tokens at `now`.
     fn revoked_families(&self, now: i64) -> Result<Vec<(String, i64)>, StoreError>;
     fn record_failure(&self, kind: &str, key: &str, at: i64) -> Result<(), StoreError>;

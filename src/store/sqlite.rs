@@ -202,6 +202,17 @@ impl Store for SqliteStore {
         })
     }
 
+    fn refresh_family(&self, jti: &str) -> Result<Option<String>, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT sid FROM refresh_tokens WHERE jti = ?1",
+                params![jti],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+    }
+
     fn revoked_families(&self, now: i64) -> Result<Vec<(String, i64)>, StoreError> {
         self.with(|c| {
             let mut stmt = c.prepare("SELECT sid, expires_at FROM families WHERE revoked_at IS NOT NULL AND expires_at > ?1")?;
@@ -285,6 +296,8 @@ mod tests {
             assert_eq!(s.use_refresh("j1", 20).unwrap(), RefreshUse::Fresh);
             assert_eq!(s.use_refresh("j1", 21).unwrap(), RefreshUse::AlreadyUsed);
             assert_eq!(s.use_refresh("nope", 21).unwrap(), RefreshUse::Unknown);
+            assert_eq!(s.refresh_family("j1").unwrap().as_deref(), Some("f1"));
+            assert_eq!(s.refresh_family("nope").unwrap(), None);
             assert_eq!(s.revoke_family("f1", 30, "reuse").unwrap(), Some(1000));
             s.record_failure("user", "bob", 40).unwrap();
             s.record_failure("user", "bob", 41).unwrap();

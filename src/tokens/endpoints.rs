@@ -67,7 +67,7 @@ impl TokenService {
             &user.claims,
             &family.sid,
             now,
-            self.access_exp(now),
+            self.access_exp(now).min(family.expires_at),
         )?;
         let (jti, sid, uid) = (refresh.1.clone(), family.sid.clone(), user.user_id.clone());
         blocking(&self.store, move |s| {
@@ -161,7 +161,19 @@ impl TokenService {
                 RefreshUse::AlreadyUsed | RefreshUse::Unknown => {
                     // SECURITY: a replayed refresh token means it leaked;
                     // revoke every token of its login (OAuth 2.0 BCP 4.14.2).
-                    if let Some(sid) = &sid {
+                    // A replayed simplejwt token has no sid: its family is
+                    // the one its first use started, recorded with its jti.
+                    let victim = match &sid {
+                        Some(sid) => Some(sid.clone()),
+                        None => {
+                            let j = jti.clone();
+                            blocking(&self.store, move |s| s.refresh_family(&j))
+                                .await
+                                .map_err(TokenError::Store)?
+                                .filter(|s| !s.is_empty())
+                        }
+                    };
+                    if let Some(sid) = &victim {
                         tracing::warn!(sid = %sid, user_id = %user_id, "refresh token reuse detected: revoking its token family");
                         self.revoke(sid, now, "refresh token reuse").await?;
                     }
@@ -188,7 +200,8 @@ impl TokenService {
             &extra,
             &family.sid,
             now,
-            self.access_exp(now),
+            // No token of the family outlives the session (session_max).
+            self.access_exp(now).min(family.expires_at),
         )?;
         if !self.cfg.rotate_refresh {
             return Ok(ok(serde_json::json!({"access": access.0})));
@@ -226,6 +239,19 @@ impl TokenService {
                     return Err(TokenError::VerifyBlacklisted);
                 }
             }
+            // A rotated or blacklisted refresh token is blacklisted to
+            // simplejwt too, even while its family lives on (and a
+            // simplejwt-issued one has no family at all).
+            let is_refresh = claims.get("token_type").and_then(Value::as_str) == Some("refresh");
+            if let (true, Some(jti)) = (is_refresh, claims.get("jti").and_then(Value::as_str)) {
+                let j = jti.to_string();
+                if blocking(&self.store, move |s| s.is_used(&j))
+                    .await
+                    .map_err(TokenError::Store)?
+                {
+                    return Err(TokenError::VerifyBlacklisted);
+                }
+            }
         }
         Ok(ok(serde_json::json!({})))
     }
@@ -259,11 +285,23 @@ impl TokenService {
                 if fam.as_ref().is_some_and(|f| f.revoked_at.is_some()) {
                     return Err(TokenError::Token(TokenProblem::Blacklisted));
                 }
+                // Mark it used: a token rotated before is being replayed
+                // (simplejwt: already blacklisted), which revokes the
+                // family like any other reuse.
+                let outcome = blocking(&self.store, move |s| s.use_refresh(&jti, now))
+                    .await
+                    .map_err(TokenError::Store)?;
+                if outcome == RefreshUse::AlreadyUsed {
+                    tracing::warn!(sid = %sid, "rotated refresh token presented for logout: revoking its token family");
+                    self.revoke(sid, now, "refresh token reuse").await?;
+                    return Err(TokenError::Token(TokenProblem::Blacklisted));
+                }
                 self.revoke(sid, now, "blacklisted").await?;
             }
             None => {
                 // A simplejwt token: blacklist it by jti.
                 let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(now);
+                let jti_again = jti.clone();
                 let outcome = blocking(&self.store, move |s| {
                     s.record_refresh(&jti, "", "", now, exp)?;
                     s.use_refresh(&jti, now)
@@ -271,6 +309,16 @@ impl TokenService {
                 .await
                 .map_err(TokenError::Store)?;
                 if outcome != RefreshUse::Fresh {
+                    // Used before at the refresh route: revoke the family
+                    // that use started, as any other reuse does.
+                    let j = jti_again;
+                    let started = blocking(&self.store, move |s| s.refresh_family(&j))
+                        .await
+                        .map_err(TokenError::Store)?
+                        .filter(|s| !s.is_empty());
+                    if let Some(sid) = started {
+                        self.revoke(&sid, now, "refresh token reuse").await?;
+                    }
                     return Err(TokenError::Token(TokenProblem::Blacklisted));
                 }
             }
