@@ -95,7 +95,8 @@ impl Deps {
 }
 
 enum Target {
-    Static(StaticFiles),
+    // Boxed: a file server is much larger than an upstream reference.
+    Static(Box<StaticFiles>),
     Upstream {
         upstream: Arc<Upstream>,
         strip_prefix: bool,
@@ -133,12 +134,12 @@ impl AppState {
         for route in router.routes() {
             targets.push(match &route.target {
                 RouteTarget::Static(s) => {
-                    Target::Static(StaticFiles::new(s).map_err(|source| {
+                    Target::Static(Box::new(StaticFiles::new(s).map_err(|source| {
                         StateError::StaticRoot {
                             path: s.root.display().to_string(),
                             source,
                         }
-                    })?)
+                    })?))
                 }
                 RouteTarget::Upstream(u) => Target::Upstream {
                     upstream: upstreams

@@ -129,7 +129,7 @@ impl StaticFiles {
                 let refused = parts.any(|p| {
                     let p = p.trim();
                     p.strip_prefix("q=")
-                        .is_some_and(|q| q.trim().parse::<f32>().map_or(false, |q| q <= 0.0))
+                        .is_some_and(|q| q.trim().parse::<f32>().is_ok_and(|q| q <= 0.0))
                 });
                 if refused {
                     continue;
