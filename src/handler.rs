@@ -205,15 +205,25 @@ pub async fn handle(
     state: Arc<AppState>,
     conn: &ConnInfo,
     req: Request<Incoming>,
+    log: bool,
 ) -> (Response<Body>, AccessRecord) {
     let start = Instant::now();
     let request_id = request_id(req.headers());
     let mut record = AccessRecord {
         peer: conn.peer,
         method: req.method().clone(),
-        path: req.uri().path().to_string(),
+        // Only paid for when the access log is on.
+        path: if log {
+            req.uri().path().to_string()
+        } else {
+            String::new()
+        },
         status: 0,
-        request_id: request_id.to_str().unwrap_or("-").to_string(),
+        request_id: if log {
+            request_id.to_str().unwrap_or("-").to_string()
+        } else {
+            String::new()
+        },
         start,
         upstream_time: None,
         error: None,
@@ -421,10 +431,36 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
             return v.clone();
         }
     }
-    let id = uuid::Uuid::new_v4();
+    let id = uuid::Builder::from_random_bytes(random_16()).into_uuid();
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
     HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf))
         .unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// 16 unpredictable bytes without a syscall per request: a per-thread
+/// SplitMix64 stream seeded once from the OS (request ids need to be unique
+/// and hard to guess, not secret).
+fn random_16() -> [u8; 16] {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(u64::from_le_bytes(
+            uuid::Uuid::new_v4().as_bytes()[..8].try_into().unwrap_or([7; 8]),
+        ));
+    }
+    fn next(state: &Cell<u64>) -> u64 {
+        let s = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+        state.set(s);
+        let mut z = s;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    STATE.with(|state| {
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&next(state).to_le_bytes());
+        out[8..].copy_from_slice(&next(state).to_le_bytes());
+        out
+    })
 }
 
 /// Whether any segment of the path, percent-decoded, is `.` or `..`.

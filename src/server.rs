@@ -491,8 +491,8 @@ async fn drive<IO>(
             async move {
                 activity.request_started();
                 let app = shared.app.load_full();
-                let (resp, record) = handler::handle(app, &conn_info, req).await;
                 let log = **shared.access_log.load();
+                let (resp, record) = handler::handle(app, &conn_info, req, log).await;
                 let finish = Finish {
                     record: log.then_some(record),
                     bytes: 0,
