@@ -269,9 +269,13 @@ async fn dispatch(
     // Token routes are answered here, never proxied.
     if let (Some(tokens), Some(auth)) = (&state.tokens, &state.auth) {
         if let Some(ep) = tokens.endpoint(req.uri().path()) {
-            return tokens
-                .handle(ep, req, conn.peer.ip().to_canonical(), auth)
-                .await;
+            // Login rate limits count the real client, also behind a trusted proxy.
+            let client = crate::proxy::headers::client_ip(
+                conn.peer.ip().to_canonical(),
+                req.headers(),
+                &server.trusted_proxies,
+            );
+            return tokens.handle(ep, req, client, auth).await;
         }
     }
     let Some((index, route)) = state.router.route(req.uri().path()) else {

@@ -141,8 +141,13 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<Config> {
             return Err(anyhow::Error::new(e).context(at));
         }
     }
-    handler::AppState::new(config.clone(), &handler::Deps::in_memory()?)
-        .with_context(|| format!("{}: routes", path.display()))?;
+    // Key and signer errors already name FILE:LINE: KEY; static roots do not.
+    handler::AppState::new(config.clone(), &handler::Deps::in_memory()?).map_err(|e| match e {
+        handler::StateError::StaticRoot { .. } => {
+            anyhow::Error::new(e).context(format!("{}: routes", path.display()))
+        }
+        other => anyhow::Error::new(other),
+    })?;
     Ok(config)
 }
 
@@ -291,7 +296,7 @@ fn health(config_path: &std::path::Path, url: Option<&str>, timeout: u64) -> Exi
         Some(u) => healthcheck::Target::from_url(u).map_err(|e| e.to_string()),
         None => config::load(config_path)
             .map(|c| healthcheck::Target::from_config(&c))
-            .map_err(|e| e.to_string()),
+            .map_err(|e| gateway::response::error_chain(&e)),
     };
     // Exit 1, not 2, on a bad config too: Docker only knows healthy (0)
     // and unhealthy (1).

@@ -237,7 +237,7 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// Token route failures, with simplejwt's (and DRF's) exact bodies.
-pub fn token_error_response(err: &TokenError) -> Response<Body> {
+pub fn token_error_response(err: &TokenError, scheme: &str) -> Response<Body> {
     use serde_json::json;
     let (status, body) = match err {
         TokenError::MethodNotAllowed(m) => (
@@ -293,10 +293,9 @@ pub fn token_error_response(err: &TokenError) -> Response<Body> {
     };
     let mut resp = json_response(status, body.to_string());
     if status == StatusCode::UNAUTHORIZED {
-        resp.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"api\""),
-        );
+        if let Ok(v) = HeaderValue::from_str(&format!("{scheme} realm=\"api\"")) {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        }
     }
     if let TokenError::RateLimited { retry_after } = err {
         if let Ok(v) = HeaderValue::from_str(&retry_after.to_string()) {

@@ -41,7 +41,7 @@ impl std::fmt::Debug for VerifyKey {
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("{origin}: cannot read {path}: {source}")]
+    #[error("{origin}: cannot read {path}")]
     Read {
         origin: String,
         path: String,
@@ -101,13 +101,17 @@ impl KeySet {
         Ok(set)
     }
 
-    /// The key for a token with this kid.
-    pub fn find(&self, kid: Option<&str>) -> Option<&Arc<VerifyKey>> {
+    /// The keys that may have signed a token with this kid: the single
+    /// kid-less key; else the key the kid names (an unknown kid: none); a
+    /// token without a kid may be any of them.
+    pub fn candidates<'a>(&'a self, kid: Option<&str>) -> Vec<&'a Arc<VerifyKey>> {
         if let Some(only) = &self.only {
-            // A single kid-less key verifies every token (simplejwt sets no kid).
-            return Some(only);
+            return vec![only];
         }
-        kid.and_then(|k| self.by_kid.get(k))
+        match kid {
+            Some(k) => self.by_kid.get(k).into_iter().collect(),
+            None => self.by_kid.values().collect(),
+        }
     }
 }
 
@@ -135,7 +139,12 @@ fn load_spec(spec: &KeySpec) -> Result<VerifyKey, KeyError> {
             )
         }
         KeyMaterial::PrivateKey(path) => {
-            let pem = read(path, &spec.origin)?;
+            let pem = path.read().map_err(|source| KeyError::Read {
+                origin: spec.origin.clone(),
+                path: path.display(),
+                source,
+            })?;
+            let pem = String::from_utf8_lossy(&pem);
             Material::Public(
                 public_from_private_pem(alg, &pem)
                     .map_err(|e| invalid(format!("{}: {e}", path.display())))?,

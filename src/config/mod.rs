@@ -287,8 +287,8 @@ pub enum KeyMaterial {
     Secret(Vec<u8>),
     /// PEM public key file.
     PublicKey(PathBuf),
-    /// PEM private key file (verifies with its public half; signs tokens).
-    PrivateKey(PathBuf),
+    /// PEM private key (verifies with its public half; signs tokens).
+    PrivateKey(PemSource),
     /// A JWKS document on disk; each key's kid selects it.
     JwksFile(PathBuf),
 }
@@ -301,6 +301,31 @@ impl fmt::Debug for KeyMaterial {
             KeyMaterial::PublicKey(p) => write!(f, "PublicKey({})", p.display()),
             KeyMaterial::PrivateKey(p) => write!(f, "PrivateKey({})", p.display()),
             KeyMaterial::JwksFile(p) => write!(f, "JwksFile({})", p.display()),
+        }
+    }
+}
+
+/// Where a private key's PEM comes from: a file (read at each load), or an
+/// environment variable holding the PEM itself (`env:NAME`).
+#[derive(Clone)]
+pub enum PemSource {
+    File(PathBuf),
+    Env { name: String, pem: Vec<u8> },
+}
+
+impl PemSource {
+    pub fn read(&self) -> std::io::Result<Vec<u8>> {
+        match self {
+            PemSource::File(p) => std::fs::read(p),
+            PemSource::Env { pem, .. } => Ok(pem.clone()),
+        }
+    }
+
+    /// Where it comes from, for messages (never the key itself).
+    pub fn display(&self) -> String {
+        match self {
+            PemSource::File(p) => p.display().to_string(),
+            PemSource::Env { name, .. } => format!("env:{name}"),
         }
     }
 }
@@ -371,7 +396,7 @@ pub enum LogFormat {
 /// report: one line per problem, each naming file, line and key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: cannot read config: {source}")]
+    #[error("{path}: cannot read config")]
     Read {
         path: String,
         #[source]

@@ -328,7 +328,22 @@ fn validate_tokens(
                     timeout: c.timeout.map_or(Duration::from_secs(5), |d| d.0),
                 }
             }
-            (None, None) => CredentialsConfig::UsersFile(base.join("users.toml")),
+            (None, None) => {
+                if let Some(p) = c.path.as_ref() {
+                    r.spanned(
+                        p,
+                        "tokens.credentials.path",
+                        "only applies with tokens.credentials.upstream",
+                    );
+                } else if c.timeout.is_some() {
+                    r.at(
+                        None,
+                        "tokens.credentials.timeout",
+                        "only applies with tokens.credentials.upstream",
+                    );
+                }
+                CredentialsConfig::UsersFile(base.join("users.toml"))
+            }
         },
     };
     let rl = t.rate_limit;
@@ -856,7 +871,25 @@ fn key_material(
                     }
                 },
                 "public_key" => KeyMaterial::PublicKey(resolve_file(base, v.get_ref())),
-                "private_key" => KeyMaterial::PrivateKey(resolve_file(base, v.get_ref())),
+                "private_key" => match v.get_ref().strip_prefix("env:") {
+                    Some(name) => match std::env::var(name) {
+                        Ok(pem) => KeyMaterial::PrivateKey(PemSource::Env {
+                            name: name.to_string(),
+                            pem: pem.into_bytes(),
+                        }),
+                        Err(_) => {
+                            r.spanned(
+                                v,
+                                &format!("{key}.private_key"),
+                                format!("environment variable {name} is not set"),
+                            );
+                            return None;
+                        }
+                    },
+                    None => {
+                        KeyMaterial::PrivateKey(PemSource::File(resolve_file(base, v.get_ref())))
+                    }
+                },
                 _ => KeyMaterial::JwksFile(resolve_file(base, v.get_ref())),
             };
             Some((material, origin))

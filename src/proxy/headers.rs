@@ -57,6 +57,28 @@ pub fn upgrade_request(headers: &HeaderMap) -> Option<HeaderValue> {
     }
 }
 
+/// The real client address: the peer, or, when the peer is a trusted proxy,
+/// the rightmost X-Forwarded-For entry that is not itself a trusted proxy
+/// (entries left of it could have been written by the client).
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let hops: Vec<IpAddr> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|h| h.trim().parse::<IpAddr>().ok())
+        .map(|ip| ip.to_canonical())
+        .collect();
+    hops.into_iter()
+        .rev()
+        .find(|ip| !is_trusted(ip))
+        .unwrap_or(peer)
+}
+
 /// What the gateway knows about the client, for the forwarding headers.
 pub struct ClientFacts<'a> {
     pub ip: IpAddr,
@@ -194,6 +216,24 @@ mod tests {
         );
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn client_ip_behind_trusted_proxies() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let h = map(&[("x-forwarded-for", "6.6.6.6, 1.2.3.4, 10.0.0.7")]);
+        assert_eq!(
+            client_ip("10.0.0.1".parse().unwrap(), &h, &trusted),
+            "1.2.3.4".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            client_ip("8.8.8.8".parse().unwrap(), &h, &trusted),
+            "8.8.8.8".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            client_ip("10.0.0.1".parse().unwrap(), &HeaderMap::new(), &trusted),
+            "10.0.0.1".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]

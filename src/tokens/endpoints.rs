@@ -138,7 +138,18 @@ impl TokenService {
 
         // Single use: mark this refresh token used, atomically.
         let single_use = self.cfg.rotate_refresh && self.cfg.blacklist_after_rotation;
-        if single_use || sid.is_none() {
+        if !single_use && sid.is_none() {
+            // Reusable refresh tokens (as simplejwt without rotation): a
+            // simplejwt token stays usable until blacklisted.
+            let j = jti.clone();
+            let used = blocking(&self.store, move |s| s.is_used(&j))
+                .await
+                .map_err(TokenError::Store)?;
+            if used {
+                return Err(TokenError::Token(TokenProblem::Blacklisted));
+            }
+        }
+        if single_use {
             let (j, fsid, uid, exp) = (
                 jti.clone(),
                 family.sid.clone(),
@@ -157,7 +168,6 @@ impl TokenService {
             .map_err(TokenError::Store)?;
             match outcome {
                 RefreshUse::Fresh => {}
-                RefreshUse::AlreadyUsed if !single_use && !foreign => {}
                 RefreshUse::AlreadyUsed | RefreshUse::Unknown => {
                     // SECURITY: a replayed refresh token means it leaked;
                     // revoke every token of its login (OAuth 2.0 BCP 4.14.2).

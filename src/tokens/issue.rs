@@ -32,7 +32,7 @@ pub struct Signer {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SignerError {
-    #[error("{origin}: cannot read {path}: {source}")]
+    #[error("{origin}: cannot read {path}")]
     Read {
         origin: String,
         path: String,
@@ -64,9 +64,9 @@ impl Signer {
         let key = match &spec.material {
             KeyMaterial::Secret(s) => EncodingKey::from_secret(s),
             KeyMaterial::PrivateKey(path) => {
-                let pem = std::fs::read(path).map_err(|source| SignerError::Read {
+                let pem = path.read().map_err(|source| SignerError::Read {
                     origin: spec.origin.clone(),
-                    path: path.display().to_string(),
+                    path: path.display(),
                     source,
                 })?;
                 let r = match alg {

@@ -106,7 +106,8 @@ pub fn jwk_for_spec(spec: &KeySpec) -> Result<Option<Map<String, Value>>, String
     let KeyMaterial::PrivateKey(path) = &spec.material else {
         return Ok(None);
     };
-    let pem = std::fs::read(path)
+    let pem = path
+        .read()
         .map_err(|e| format!("{}: cannot read {}: {e}", spec.origin, path.display()))?;
     let mut jwk = public_jwk(spec.algorithm, &pem)
         .map_err(|e| format!("{}: {}: {e}", spec.origin, path.display()))?;

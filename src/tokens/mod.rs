@@ -175,7 +175,7 @@ impl TokenService {
         } else {
             match self.post(ep, req, peer, auth).await {
                 Ok(r) => r,
-                Err(e) => response::token_error_response(&e),
+                Err(e) => response::token_error_response(&e, auth.scheme()),
             }
         };
         let h = resp.headers_mut();
@@ -307,7 +307,7 @@ impl TokenService {
                 );
                 r
             }
-            None => response::token_error_response(&TokenError::NoJwks),
+            None => response::token_error_response(&TokenError::NoJwks, "Bearer"),
         }
     }
 }
