@@ -277,6 +277,17 @@ def test_django_refresh_tokens_work_at_the_gateway_refresh_route(issuer, django_
     assert whoami(issuer.client, r.json()["access"])["user_id"] == django_site["ids"]["carol"]
 
 
+def test_gateway_refresh_tokens_work_at_django_refresh_view(issuer, django_site, app):
+    """Rolling back from stage 3 keeps sessions too: simplejwt's
+    TokenRefreshView takes a gateway refresh token (it ignores `sid`)."""
+    gw = issuer.client.login("alice")
+    r = app.unix("POST", "/api/token/refresh/", json_body={"refresh": gw["refresh"]})
+    assert r.status == 200, r
+    access = r.json()["access"]
+    assert jwt_parts(access)[1]["user_id"] == str(django_site["ids"]["alice"])
+    assert whoami(issuer.client, access)["user_id"] == django_site["ids"]["alice"]
+
+
 def test_credential_delegation_logs_in_a_django_user(delegating, app, django_site):
     ids = django_site["ids"]
     tokens = delegating.client.login("alice")
