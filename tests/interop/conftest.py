@@ -14,7 +14,6 @@ import datetime
 import http.client
 import json
 import os
-import shutil
 import signal
 import socket
 import ssl

@@ -12,6 +12,7 @@ it, one per migration stage of docs/migrating-from-nginx.md:
 - `delegating`: the gateway issues, but the passwords are checked by
   Django's /internal/authenticate (credential delegation).
 """
+import json
 import time
 
 import pytest
@@ -21,9 +22,11 @@ from conftest import (
     PASSWORDS,
     Gateway,
     Gunicorn,
+    UnixHTTPConnection,
     bearer,
     django_env,
     jwt_parts,
+    request,
     run_gateway_cli,
     wait_until,
 )
@@ -405,3 +408,65 @@ def test_django_users_imported_log_in_with_their_django_passwords(issuer, django
         assert whoami(issuer.client, t["access"])["username"] == name
     r = issuer.client.post("/api/token/", {"username": "alice", "password": PASSWORDS["carol"]})
     assert r.status == 401 and r.json() == NO_ACTIVE_ACCOUNT, r
+
+
+def contract_cases(dj, expired):
+    """(name, method, path, headers, body) sent to both simplejwt and the gateway."""
+    js = [("Content-Type", "application/json")]
+
+    def body(obj):
+        return json.dumps(obj).encode()
+
+    return [
+        ("obtain-empty", "POST", "/api/token/", js, b"{}"),
+        ("obtain-blank", "POST", "/api/token/", js, b'{"username":"","password":""}'),
+        ("obtain-null-and-number", "POST", "/api/token/", js, b'{"username":null,"password":1}'),
+        ("obtain-text-plain", "POST", "/api/token/", [("Content-Type", "text/plain")], b"x"),
+        ("obtain-json-list", "POST", "/api/token/", js, b"[1]"),
+        ("obtain-get", "GET", "/api/token/", [], None),
+        ("obtain-form-wrong-password", "POST", "/api/token/",
+         [("Content-Type", "application/x-www-form-urlencoded")], b"username=alice&password=wrong"),
+        ("obtain-unknown-user", "POST", "/api/token/", js, b'{"username":"nobody","password":"x"}'),
+        ("refresh-with-access", "POST", "/api/token/refresh/", js, body({"refresh": dj["access"]})),
+        ("refresh-garbage", "POST", "/api/token/refresh/", js, b'{"refresh":"garbage"}'),
+        ("refresh-expired", "POST", "/api/token/refresh/", js, body({"refresh": expired})),
+        ("refresh-missing", "POST", "/api/token/refresh/", js, b"{}"),
+        ("verify-ok", "POST", "/api/token/verify/", js, body({"token": dj["access"]})),
+        ("verify-expired", "POST", "/api/token/verify/", js, body({"token": expired})),
+        ("verify-missing", "POST", "/api/token/verify/", js, b"{}"),
+        ("protected-no-token", "GET", "/api/whoami/", [], None),
+        ("protected-expired", "GET", "/api/whoami/", bearer(expired), None),
+        ("protected-garbage", "GET", "/api/whoami/", bearer("garbage"), None),
+        ("protected-scheme-only", "GET", "/api/whoami/", [("Authorization", "Bearer")], None),
+        ("protected-three-parts", "GET", "/api/whoami/", [("Authorization", "Bearer a b")], None),
+        ("protected-refresh-token", "GET", "/api/whoami/", bearer(dj["refresh"]), None),
+    ]
+
+
+def test_gateway_answers_exactly_as_simplejwt(issuer, app, django_site):
+    """Status, body (byte for byte) and Allow of the gateway's token routes
+    and edge checks against simplejwt's own answers to the same requests."""
+    import jwt as pyjwt
+
+    now = int(time.time())
+    expired = pyjwt.encode(
+        {"token_type": "access", "exp": now - 10, "iat": now - 400, "jti": "a" * 32, "user_id": "1"},
+        django_site["env"]["DJANGO_SECRET_KEY"], algorithm="HS256",
+    )
+    dj = django_login(app, "alice")
+    diffs = []
+    for name, method, path, headers, body in contract_cases(dj, expired):
+        d = request(UnixHTTPConnection(app.sock), method, path, [("Host", "localhost"), *headers], body=body)
+        g = request(issuer.client.conn(), method, path, headers, body=body)
+        # Allow: on token routes only (on an app view it lists that view's methods).
+        allow = (lambda r: r.header("Allow")) if path.startswith("/api/token/") else (lambda r: None)
+        if (d.status, d.body, allow(d)) != (g.status, g.body, allow(g)):
+            diffs.append(f"{name}:\n  simplejwt {d.status} {d.body[:300]!r} Allow={d.header('Allow')}"
+                         f"\n  gateway   {g.status} {g.body[:300]!r} Allow={g.header('Allow')}")
+    assert not diffs, "\n".join(diffs)
+    # Bad JSON: same status and prefix; the parser's own message differs
+    # (Python's json module vs serde_json), which no client can rely on.
+    d = request(UnixHTTPConnection(app.sock), "POST", "/api/token/", [("Host", "localhost"), ("Content-Type", "application/json")], body=b"nope")
+    g = request(issuer.client.conn(), "POST", "/api/token/", [("Content-Type", "application/json")], body=b"nope")
+    assert d.status == g.status == 400
+    assert d.json()["detail"].startswith("JSON parse error - ") and g.json()["detail"].startswith("JSON parse error - ")
