@@ -261,11 +261,11 @@ pub fn keygen(alg: &str, out: &Path, kid: Option<String>) -> anyhow::Result<()> 
             let public = key.to_public_key().to_public_key_pem(LineEnding::LF)?;
             (private, public)
         }
+        JwtAlg::EdDSA => ed25519_pems()?,
         _ => {
             let a = match alg {
                 JwtAlg::ES256 => &rcgen::PKCS_ECDSA_P256_SHA256,
-                JwtAlg::ES384 => &rcgen::PKCS_ECDSA_P384_SHA384,
-                _ => &rcgen::PKCS_ED25519,
+                _ => &rcgen::PKCS_ECDSA_P384_SHA384,
             };
             let kp = rcgen::KeyPair::generate_for(a)?;
             (kp.serialize_pem(), kp.public_key_pem())
@@ -289,6 +289,43 @@ pub fn keygen(alg: &str, out: &Path, kid: Option<String>) -> anyhow::Result<()> 
         out.display()
     );
     Ok(())
+}
+
+/// An Ed25519 key pair as PEM: the private key in PKCS#8 v1 (RFC 8410),
+/// which OpenSSL 3.0 and Python's cryptography read; the v2 form (with the
+/// public key embedded) that ring and rcgen write, they refuse.
+fn ed25519_pems() -> anyhow::Result<(String, String)> {
+    use base64::Engine;
+    use ring::rand::SecureRandom;
+    use ring::signature::KeyPair;
+    let mut seed = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut seed)
+        .map_err(|_| anyhow!("no randomness for the key"))?;
+    let mut pkcs8 = vec![
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+    pkcs8.extend_from_slice(&seed);
+    let kp = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(&pkcs8)
+        .map_err(|e| anyhow!("Ed25519 key rejected: {e}"))?;
+    let mut spki = vec![
+        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+    ];
+    spki.extend_from_slice(kp.public_key().as_ref());
+    let pem = |label: &str, der: &[u8]| {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        let lines: Vec<&str> = b64
+            .as_bytes()
+            .chunks(64)
+            .filter_map(|c| std::str::from_utf8(c).ok())
+            .collect();
+        format!(
+            "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+            lines.join("\n")
+        )
+    };
+    Ok((pem("PRIVATE KEY", &pkcs8), pem("PUBLIC KEY", &spki)))
 }
 
 /// The private key is readable by its owner only.

@@ -125,21 +125,7 @@ def test_a_token_from_another_key_with_the_same_kid_is_refused_by_both(stack):
     assert r.status == 401 and r.json()["code"] == "token_not_valid", r
 
 
-@pytest.mark.parametrize(
-    "alg",
-    [
-        "RS256",
-        "ES256",
-        pytest.param(
-            "EdDSA",
-            marks=pytest.mark.xfail(
-                reason="gateway keygen --alg EdDSA writes a PKCS#8 v2 document (rcgen/ring, with the public key "
-                "in [1]) that OpenSSL 3.0 and Python's cryptography refuse; RS256/ES256 keys load",
-                strict=False,
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("alg", ["RS256", "ES256", "EdDSA"])
 def test_keygen_private_keys_load_in_pyjwt(alg, tmp_path):
     """Stage 3 with a shared private key: Django's SIGNING_KEY can be the
     gateway's private.pem, so PyJWT must read it; tokens it signs verify
