@@ -79,8 +79,14 @@ fn serve(path: &std::path::Path) -> ExitCode {
         }
     };
     telemetry::init(&config.log);
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if config.server.workers > 0 {
+    // One worker: a single-threaded scheduler does the same work with fewer
+    // atomics and no work-stealing bookkeeping (as one nginx worker).
+    let mut rt = if config.server.workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    if config.server.workers > 1 {
         rt.worker_threads(config.server.workers);
     }
     let rt = match rt.enable_all().build() {
