@@ -539,10 +539,12 @@ fn static_site(dir: &Path) {
 }
 
 fn serve_toml(route_dir: &str, tls: bool) -> String {
-    let tls = if tls {
-        "[tls]\nself_signed = true\n"
+    // The TLS configs also run on one worker (the single-threaded
+    // scheduler); the plain ones on the default multi-threaded one.
+    let (tls, workers) = if tls {
+        ("[tls]\nself_signed = true\n", "workers = 1")
     } else {
-        ""
+        ("", "")
     };
     format!(
         r#"
@@ -550,6 +552,7 @@ fn serve_toml(route_dir: &str, tls: bool) -> String {
 listen = "127.0.0.1:{{port}}"
 health_path = "/healthz"
 shutdown_grace = "10s"
+{workers}
 
 {tls}
 [log]
