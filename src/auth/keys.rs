@@ -11,6 +11,7 @@ use base64::Engine;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::DecodingKey;
 use ring::signature::KeyPair;
+use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -180,29 +181,51 @@ fn public_from_pem(alg: JwtAlg, pem: &[u8]) -> Result<DecodingKey, String> {
     r.map_err(|e| format!("not a PEM {} public key ({e})", family(alg)))
 }
 
-/// The public half of a PKCS#8 (or PKCS#1 RSA / SEC1 EC) private key.
+/// The public half of a private key, through its JWK (one derivation for
+/// verification here and for the published JWKS).
 fn public_from_private_pem(alg: JwtAlg, pem: &str) -> Result<DecodingKey, String> {
+    let jwk = public_jwk(alg, pem.as_bytes())
+        .map_err(|e| format!("not a usable {} private key ({e})", family(alg)))?;
+    let jwk: Jwk = serde_json::from_value(Value::Object(jwk)).map_err(|e| e.to_string())?;
+    DecodingKey::from_jwk(&jwk).map_err(|e| e.to_string())
+}
+
+/// The public JWK of a PKCS#8 private key PEM (PKCS#1 for RSA too).
+pub fn public_jwk(alg: JwtAlg, pem: &[u8]) -> Result<Map<String, Value>, String> {
     use rustls_pki_types::pem::PemObject;
-    let der = rustls_pki_types::PrivateKeyDer::from_pem_slice(pem.as_bytes())
-        .map_err(|_| format!("not a PEM {} private key", family(alg)))?;
+    use rustls_pki_types::PrivateKeyDer;
+    let der =
+        PrivateKeyDer::from_pem_slice(pem).map_err(|_| "not a PEM private key".to_string())?;
     let rng = ring::rand::SystemRandom::new();
-    let bad = |e: String| format!("not a usable {} private key ({e})", family(alg));
-    match (alg, &der) {
-        (JwtAlg::ES256 | JwtAlg::ES384, rustls_pki_types::PrivateKeyDer::Pkcs8(p)) => {
-            let a = if alg == JwtAlg::ES256 {
-                &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING
+    let e = |e: ring::error::KeyRejected| e.to_string();
+    let jwk = match (alg, &der) {
+        (JwtAlg::ES256 | JwtAlg::ES384, PrivateKeyDer::Pkcs8(p)) => {
+            let (a, crv, n) = if alg == JwtAlg::ES256 {
+                (
+                    &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+                    "P-256",
+                    32,
+                )
             } else {
-                &ring::signature::ECDSA_P384_SHA384_FIXED_SIGNING
+                (
+                    &ring::signature::ECDSA_P384_SHA384_FIXED_SIGNING,
+                    "P-384",
+                    48,
+                )
             };
             let kp = ring::signature::EcdsaKeyPair::from_pkcs8(a, p.secret_pkcs8_der(), &rng)
-                .map_err(|e| bad(e.to_string()))?;
-            Ok(DecodingKey::from_ec_der(kp.public_key().as_ref()))
+                .map_err(e)?;
+            let point = kp.public_key().as_ref();
+            if point.len() != 1 + 2 * n {
+                return Err("unexpected EC point".into());
+            }
+            json!({"kty": "EC", "crv": crv, "x": b64().encode(&point[1..=n]), "y": b64().encode(&point[n + 1..])})
         }
-        (JwtAlg::EdDSA, rustls_pki_types::PrivateKeyDer::Pkcs8(p)) => {
+        (JwtAlg::EdDSA, PrivateKeyDer::Pkcs8(p)) => {
             let kp =
                 ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(p.secret_pkcs8_der())
-                    .map_err(|e| bad(e.to_string()))?;
-            Ok(DecodingKey::from_ed_der(kp.public_key().as_ref()))
+                    .map_err(e)?;
+            json!({"kty": "OKP", "crv": "Ed25519", "x": b64().encode(kp.public_key().as_ref())})
         }
         (
             JwtAlg::RS256
@@ -214,18 +237,27 @@ fn public_from_private_pem(alg: JwtAlg, pem: &str) -> Result<DecodingKey, String
             _,
         ) => {
             let kp = match &der {
-                rustls_pki_types::PrivateKeyDer::Pkcs8(p) => {
+                PrivateKeyDer::Pkcs8(p) => {
                     ring::signature::RsaKeyPair::from_pkcs8(p.secret_pkcs8_der())
                 }
-                rustls_pki_types::PrivateKeyDer::Pkcs1(p) => {
+                PrivateKeyDer::Pkcs1(p) => {
                     ring::signature::RsaKeyPair::from_der(p.secret_pkcs1_der())
                 }
-                _ => return Err(bad("expected PKCS#8 or PKCS#1".into())),
+                _ => return Err("expected a PKCS#8 or PKCS#1 RSA key".into()),
             }
-            .map_err(|e| bad(e.to_string()))?;
-            Ok(DecodingKey::from_rsa_der(kp.public().as_ref()))
+            .map_err(e)?;
+            let c: ring::rsa::PublicKeyComponents<Vec<u8>> = kp.public().into();
+            json!({
+                "kty": "RSA",
+                "n": b64().encode(c.n.strip_prefix(&[0u8][..]).unwrap_or(&c.n)),
+                "e": b64().encode(c.e.strip_prefix(&[0u8][..]).unwrap_or(&c.e)),
+            })
         }
-        _ => Err(bad("expected a PKCS#8 key".into())),
+        _ => return Err(format!("expected a PKCS#8 key for {}", alg.name())),
+    };
+    match jwk {
+        Value::Object(m) => Ok(m),
+        _ => Err("internal: JWK is not an object".into()),
     }
 }
 

@@ -3,82 +3,12 @@
 //! Keys without a configured kid get their RFC 7638 thumbprint as kid.
 
 use base64::Engine;
-use ring::signature::KeyPair;
 use serde_json::{json, Map, Value};
 
 use crate::auth::keys::b64;
-use crate::config::{JwtAlg, KeyMaterial, KeySpec};
+use crate::config::{KeyMaterial, KeySpec};
 
-/// The public JWK of a PKCS#8 private key PEM (PKCS#1 for RSA too).
-pub fn public_jwk(alg: JwtAlg, pem: &[u8]) -> Result<Map<String, Value>, String> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::PrivateKeyDer;
-    let der =
-        PrivateKeyDer::from_pem_slice(pem).map_err(|_| "not a PEM private key".to_string())?;
-    let rng = ring::rand::SystemRandom::new();
-    let e = |e: ring::error::KeyRejected| e.to_string();
-    let jwk = match (alg, &der) {
-        (JwtAlg::ES256 | JwtAlg::ES384, PrivateKeyDer::Pkcs8(p)) => {
-            let (a, crv, n) = if alg == JwtAlg::ES256 {
-                (
-                    &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
-                    "P-256",
-                    32,
-                )
-            } else {
-                (
-                    &ring::signature::ECDSA_P384_SHA384_FIXED_SIGNING,
-                    "P-384",
-                    48,
-                )
-            };
-            let kp = ring::signature::EcdsaKeyPair::from_pkcs8(a, p.secret_pkcs8_der(), &rng)
-                .map_err(e)?;
-            let point = kp.public_key().as_ref();
-            if point.len() != 1 + 2 * n {
-                return Err("unexpected EC point".into());
-            }
-            json!({"kty": "EC", "crv": crv, "x": b64().encode(&point[1..=n]), "y": b64().encode(&point[n + 1..])})
-        }
-        (JwtAlg::EdDSA, PrivateKeyDer::Pkcs8(p)) => {
-            let kp =
-                ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(p.secret_pkcs8_der())
-                    .map_err(e)?;
-            json!({"kty": "OKP", "crv": "Ed25519", "x": b64().encode(kp.public_key().as_ref())})
-        }
-        (
-            JwtAlg::RS256
-            | JwtAlg::RS384
-            | JwtAlg::RS512
-            | JwtAlg::PS256
-            | JwtAlg::PS384
-            | JwtAlg::PS512,
-            _,
-        ) => {
-            let kp = match &der {
-                PrivateKeyDer::Pkcs8(p) => {
-                    ring::signature::RsaKeyPair::from_pkcs8(p.secret_pkcs8_der())
-                }
-                PrivateKeyDer::Pkcs1(p) => {
-                    ring::signature::RsaKeyPair::from_der(p.secret_pkcs1_der())
-                }
-                _ => return Err("expected a PKCS#8 or PKCS#1 RSA key".into()),
-            }
-            .map_err(e)?;
-            let c: ring::rsa::PublicKeyComponents<Vec<u8>> = kp.public().into();
-            json!({
-                "kty": "RSA",
-                "n": b64().encode(c.n.strip_prefix(&[0u8][..]).unwrap_or(&c.n)),
-                "e": b64().encode(c.e.strip_prefix(&[0u8][..]).unwrap_or(&c.e)),
-            })
-        }
-        _ => return Err(format!("expected a PKCS#8 key for {}", alg.name())),
-    };
-    match jwk {
-        Value::Object(m) => Ok(m),
-        _ => Err("internal: JWK is not an object".into()),
-    }
-}
+pub use crate::auth::keys::public_jwk;
 
 /// RFC 7638: SHA-256 over the required members in lexicographic order.
 pub fn thumbprint(jwk: &Map<String, Value>) -> String {
