@@ -613,3 +613,42 @@ async fn in_memory_small_files_never_go_stale() {
     std::fs::remove_file(&path).unwrap();
     assert_eq!(get(gw.addr, "/static/site.css").await.status, 404);
 }
+
+/// Files over the in-memory limit take the direct read path: whole GETs and
+/// HEADs there, ranges and precompressed siblings still through ServeDir.
+#[tokio::test]
+async fn large_files_whole_head_range_and_precompressed() {
+    let (gw, _up) = site().await;
+    let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(gw.path("www/large.bin"), &data).unwrap();
+    let r = get(gw.addr, "/static/large.bin").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.as_ref(), data.as_slice());
+    assert_eq!(r.header("content-length"), Some("1000000"));
+    assert_eq!(r.header("content-type"), Some("application/octet-stream"));
+    assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+    let etag = r.header("etag").unwrap().to_string();
+    assert!(r.header("last-modified").is_some());
+    let head = send(
+        gw.addr,
+        req("HEAD", "/static/large.bin")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-length"), Some("1000000"));
+    assert!(head.body.is_empty());
+    let nm = get_with(gw.addr, "/static/large.bin", &[("if-none-match", &etag)]).await;
+    assert_eq!(nm.status, 304);
+    let part = get_with(gw.addr, "/static/large.bin", &[("range", "bytes=999990-")]).await;
+    assert_eq!(part.status, 206);
+    assert_eq!(part.body.as_ref(), &data[999_990..]);
+    // A precompressed sibling is still chosen for a client that takes it.
+    std::fs::write(gw.path("www/large.bin.gz"), b"pretend-gzip").unwrap();
+    let gz = get_with(gw.addr, "/static/large.bin", &[("accept-encoding", "gzip")]).await;
+    assert_eq!(gz.header("content-encoding"), Some("gzip"));
+    assert_eq!(gz.body.as_ref(), b"pretend-gzip");
+    let plain = get(gw.addr, "/static/large.bin").await;
+    assert_eq!(plain.body.len(), 1_000_000);
+}
