@@ -43,10 +43,8 @@ impl Strip {
             .keys()
             .filter(|k| {
                 let n = k.as_str();
-                // Cheap length filter before normalising.
-                self.names
-                    .iter()
-                    .any(|s| s.len() == n.len() && *s == normalise(n))
+                // Compared byte by byte: no allocation per request header.
+                self.names.iter().any(|s| same_name(s, n))
             })
             .cloned()
             .collect();
@@ -55,6 +53,19 @@ impl Strip {
         }
         doomed.len()
     }
+}
+
+/// Whether header `name` (lowercase, as `http` stores names) equals the
+/// normalised `wanted` once `_` is read as `-`.
+fn same_name(wanted: &str, name: &str) -> bool {
+    wanted.len() == name.len()
+        && wanted.bytes().zip(name.bytes()).all(|(w, n)| {
+            w == if n == b'_' {
+                b'-'
+            } else {
+                n.to_ascii_lowercase()
+            }
+        })
 }
 
 fn normalise(name: &str) -> String {
