@@ -252,6 +252,7 @@ impl StaticFiles {
                 FileBody {
                     file,
                     remaining: len,
+                    yield_next: false,
                 }
                 .boxed_unsync(),
             )
@@ -560,6 +561,10 @@ const FILE_CHUNK: u64 = 256 * 1024;
 struct FileBody {
     file: std::fs::File,
     remaining: u64,
+    /// Set after a piece was handed out: the next poll yields once, so one
+    /// connection cannot send a whole large file while others wait (the
+    /// reads are not counted by Tokio's cooperative budget).
+    yield_next: bool,
 }
 
 impl http_body::Body for FileBody {
@@ -568,12 +573,17 @@ impl http_body::Body for FileBody {
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
+        cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
         use std::io::Read;
         use std::task::Poll;
         if self.remaining == 0 {
             return Poll::Ready(None);
+        }
+        if self.yield_next {
+            self.yield_next = false;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
         }
         let want = usize::try_from(self.remaining.min(FILE_CHUNK)).unwrap_or(64 * 1024);
         let mut buf = vec![0u8; want];
@@ -583,6 +593,7 @@ impl http_body::Body for FileBody {
             Ok(n) => {
                 buf.truncate(n);
                 self.remaining -= n as u64;
+                self.yield_next = true;
                 Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from(buf)))))
             }
             Err(e) => Poll::Ready(Some(Err(e.into()))),
