@@ -282,7 +282,8 @@ fn validate_tokens(
                 k.origin
             ));
         }
-    } else if t.signing_key.is_none() && jwt.keys.is_empty() {
+    } else if t.signing_key.is_none() && jwt.keys.is_empty() && r.problems.is_empty() {
+        // (A key already reported as broken is not reported again here.)
         r.at(
             None,
             "tokens",

@@ -113,7 +113,13 @@ impl TokenService {
         };
         let signer = Signer::new(jwt, cfg)?;
         let credentials = match &cfg.credentials {
-            CredentialsConfig::UsersFile(path) => Credentials::File(Arc::new(Users::load(path)?)),
+            CredentialsConfig::UsersFile(path) => {
+                let users = Users::load(path)?;
+                if users.is_empty() {
+                    tracing::warn!(users_file = %path.display(), "no users: nobody can log in until `gateway user add` creates some");
+                }
+                Credentials::File(Arc::new(users))
+            }
             CredentialsConfig::Upstream {
                 upstream,
                 path,
