@@ -50,17 +50,13 @@ impl TokenService {
             expires_at: now.saturating_add(secs(self.cfg.session_max)),
             revoked_at: None,
         };
-        let refresh_exp = now
-            .saturating_add(secs(self.cfg.refresh_ttl))
-            .min(family.expires_at);
-        let refresh = self.mint(
-            "refresh",
-            &user.user_id,
-            &user.claims,
-            &family.sid,
-            now,
-            refresh_exp,
-        )?;
+        let f = family.clone();
+        blocking(&self.store, move |s| s.create_family(&f))
+            .await
+            .map_err(TokenError::Store)?;
+        let refresh = self
+            .issue_refresh(&user.user_id, &user.claims, &family, now)
+            .await?;
         let access = self.mint(
             "access",
             &user.user_id,
@@ -69,15 +65,8 @@ impl TokenService {
             now,
             self.access_exp(now).min(family.expires_at),
         )?;
-        let (jti, sid, uid) = (refresh.1.clone(), family.sid.clone(), user.user_id.clone());
-        blocking(&self.store, move |s| {
-            s.create_family(&family)?;
-            s.record_refresh(&jti, &sid, &uid, now, refresh_exp)
-        })
-        .await
-        .map_err(TokenError::Store)?;
         Ok(ok(
-            serde_json::json!({"refresh": refresh.0, "access": access.0}),
+            serde_json::json!({"refresh": refresh, "access": access.0}),
         ))
     }
 
@@ -216,18 +205,9 @@ impl TokenService {
         if !self.cfg.rotate_refresh {
             return Ok(ok(serde_json::json!({"access": access.0})));
         }
-        let refresh_exp = now
-            .saturating_add(secs(self.cfg.refresh_ttl))
-            .min(family.expires_at);
-        let refresh = self.mint("refresh", &user_id, &extra, &family.sid, now, refresh_exp)?;
-        let (j, fsid, uid) = (refresh.1.clone(), family.sid.clone(), user_id.clone());
-        blocking(&self.store, move |s| {
-            s.record_refresh(&j, &fsid, &uid, now, refresh_exp)
-        })
-        .await
-        .map_err(TokenError::Store)?;
+        let refresh = self.issue_refresh(&user_id, &extra, &family, now).await?;
         Ok(ok(
-            serde_json::json!({"access": access.0, "refresh": refresh.0}),
+            serde_json::json!({"access": access.0, "refresh": refresh}),
         ))
     }
 
@@ -334,6 +314,28 @@ impl TokenService {
             }
         }
         Ok(ok(serde_json::json!({})))
+    }
+
+    /// Mints a refresh token of `family` and records it as outstanding. It
+    /// expires after refresh_ttl, or when the session does if sooner.
+    async fn issue_refresh(
+        &self,
+        user_id: &str,
+        extra: &Map<String, Value>,
+        family: &Family,
+        now: i64,
+    ) -> Result<String, TokenError> {
+        let exp = now
+            .saturating_add(secs(self.cfg.refresh_ttl))
+            .min(family.expires_at);
+        let (token, jti) = self.mint("refresh", user_id, extra, &family.sid, now, exp)?;
+        let (sid, uid) = (family.sid.clone(), user_id.to_string());
+        blocking(&self.store, move |s| {
+            s.record_refresh(&jti, &sid, &uid, now, exp)
+        })
+        .await
+        .map_err(TokenError::Store)?;
+        Ok(token)
     }
 
     /// Revokes a family in the store and in the edge's mirror.
