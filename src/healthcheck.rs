@@ -150,7 +150,9 @@ fn parse_status(answer: &[u8]) -> Option<u16> {
     parts.next()?.parse().ok()
 }
 
-fn client_config(loopback: bool) -> ClientConfig {
+/// The probe's client: no certificate verification against loopback (our
+/// own listener), Mozilla's roots elsewhere.
+pub fn client_config(loopback: bool) -> ClientConfig {
     let provider = crate::tls::provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()

@@ -474,61 +474,9 @@ fn raw_get(port: u16, path: &str, tls: bool) -> Option<(u16, String)> {
     Some((code, body))
 }
 
+/// The healthcheck's loopback client: no certificate verification.
 fn insecure_client() -> Arc<rustls::ClientConfig> {
-    #[derive(Debug)]
-    struct Any(Arc<rustls::crypto::CryptoProvider>);
-    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified};
-    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-    impl rustls::client::danger::ServerCertVerifier for Any {
-        fn verify_server_cert(
-            &self,
-            _: &CertificateDer<'_>,
-            _: &[CertificateDer<'_>],
-            _: &ServerName<'_>,
-            _: &[u8],
-            _: UnixTime,
-        ) -> Result<ServerCertVerified, rustls::Error> {
-            Ok(ServerCertVerified::assertion())
-        }
-        fn verify_tls12_signature(
-            &self,
-            m: &[u8],
-            c: &CertificateDer<'_>,
-            d: &rustls::DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(
-                m,
-                c,
-                d,
-                &self.0.signature_verification_algorithms,
-            )
-        }
-        fn verify_tls13_signature(
-            &self,
-            m: &[u8],
-            c: &CertificateDer<'_>,
-            d: &rustls::DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(
-                m,
-                c,
-                d,
-                &self.0.signature_verification_algorithms,
-            )
-        }
-        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-            self.0.signature_verification_algorithms.supported_schemes()
-        }
-    }
-    let p = gateway::tls::provider();
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(p.clone())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Any(p)))
-            .with_no_client_auth(),
-    )
+    Arc::new(gateway::healthcheck::client_config(true))
 }
 
 fn static_site(dir: &Path) {

@@ -77,16 +77,8 @@ impl TokenService {
         body: &Bytes,
         auth: &Authenticator,
     ) -> Result<Response<Body>, TokenError> {
-        let fields = request::fields(ct, body, &["refresh"])?;
-        let claims = auth
-            .verify_issued(&fields[0], Some("refresh"))
-            .map_err(TokenError::Token)?;
+        let (claims, jti) = refresh_token(ct, body, auth)?;
         let now = unix_now();
-        let jti = claims
-            .get("jti")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
         let user_id = claims
             .get(&self.user_id_claim)
             .and_then(|v| match v {
@@ -253,16 +245,8 @@ impl TokenService {
         body: &Bytes,
         auth: &Authenticator,
     ) -> Result<Response<Body>, TokenError> {
-        let fields = request::fields(ct, body, &["refresh"])?;
-        let claims = auth
-            .verify_issued(&fields[0], Some("refresh"))
-            .map_err(TokenError::Token)?;
+        let (claims, jti) = refresh_token(ct, body, auth)?;
         let now = unix_now();
-        let jti = claims
-            .get("jti")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
         match claims.get("sid").and_then(Value::as_str) {
             Some(sid) => {
                 if self.revoked.is_revoked(sid) {
@@ -383,4 +367,22 @@ impl TokenService {
             .map_err(TokenError::Sign)?;
         Ok((token, jti))
     }
+}
+
+/// The `refresh` field, verified as a refresh token: its claims and jti.
+fn refresh_token(
+    ct: Option<&str>,
+    body: &Bytes,
+    auth: &Authenticator,
+) -> Result<(Map<String, Value>, String), TokenError> {
+    let fields = request::fields(ct, body, &["refresh"])?;
+    let claims = auth
+        .verify_issued(&fields[0], Some("refresh"))
+        .map_err(TokenError::Token)?;
+    let jti = claims
+        .get("jti")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    Ok((claims, jti))
 }
