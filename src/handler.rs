@@ -46,7 +46,7 @@ pub struct AppState {
     router: Router,
     /// One per route, in the router's order.
     targets: Vec<Target>,
-    hsts: Option<HeaderValue>,
+    pub(crate) hsts: Option<HeaderValue>,
     /// None when the config has no [jwt]: every route is then "none".
     auth: Option<Authenticator>,
     strip: Strip,
@@ -189,6 +189,238 @@ impl AppState {
     pub fn authenticator(&self) -> Option<&Authenticator> {
         self.auth.as_ref()
     }
+}
+
+/// A request head parsed in place, for the HTTP/1.1 fast path (`crate::h1`).
+pub(crate) struct FastRequest<'a, 'h> {
+    pub method: &'a str,
+    /// The path, without the query.
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a [httparse::Header<'h>],
+    /// The client's address as text (canonical: IPv4 stays IPv4).
+    pub peer_ip: &'a str,
+}
+
+/// A request the fast path may proxy: the upstream request head is built.
+pub(crate) struct Prepared {
+    pub upstream: Arc<Upstream>,
+    /// Index of the upstream server picked.
+    pub server: usize,
+    /// The request head to send upstream, ending with the blank line.
+    pub head: Vec<u8>,
+    /// The request body's Content-Length (0 without one).
+    pub body_len: u64,
+    /// The client sent `Connection: close`.
+    pub close: bool,
+    pub request_id: HeaderValue,
+}
+
+impl AppState {
+    /// The request path of `dispatch` for the fast path, same steps in the
+    /// same order, for requests that end at the proxy. `None` when anything
+    /// else may happen (health, redirect, bad path, token route, static
+    /// route, 404, 405, 401, 403, 413, preflight, upgrade, chunked or
+    /// `Expect` bodies, trusted-proxy peers): the general path answers those.
+    pub(crate) async fn prepare_fast(
+        &self,
+        conn: &ConnInfo,
+        req: &FastRequest<'_, '_>,
+    ) -> Option<Prepared> {
+        let server = &self.config.server;
+        let mut host = None;
+        let mut hosts = 0;
+        let mut content_length = None;
+        let mut client_request_id = None;
+        let mut close = false;
+        let mut cors = 0;
+        for h in req.headers {
+            let n = h.name;
+            if n.eq_ignore_ascii_case("host") {
+                hosts += 1;
+                host = Some(h.value);
+            } else if n.eq_ignore_ascii_case("content-length") {
+                if content_length.is_some() {
+                    return None;
+                }
+                let v = std::str::from_utf8(h.value).ok()?;
+                if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+                    return None;
+                }
+                content_length = Some(v.parse::<u64>().ok()?);
+            } else if n.eq_ignore_ascii_case("transfer-encoding")
+                || n.eq_ignore_ascii_case("expect")
+                || n.eq_ignore_ascii_case("upgrade")
+            {
+                return None;
+            } else if n.eq_ignore_ascii_case("connection") {
+                for t in h.value.split(|b| *b == b',') {
+                    let t = t.trim_ascii();
+                    if t.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if t.eq_ignore_ascii_case(b"upgrade") {
+                        return None;
+                    }
+                }
+            } else if n.eq_ignore_ascii_case("x-request-id") {
+                client_request_id = Some(h.value);
+            } else if n.eq_ignore_ascii_case("origin")
+                || n.eq_ignore_ascii_case("access-control-request-method")
+            {
+                cors += 1;
+            }
+        }
+        if hosts > 1 {
+            return None;
+        }
+        // Steps 3-5: health, redirect, dot segments.
+        if req.path == server.health_path
+            || conn.redirect_https_port.is_some()
+            || has_dot_segment(req.path)
+        {
+            return None;
+        }
+        if self
+            .tokens
+            .as_ref()
+            .is_some_and(|t| t.endpoint(req.path).is_some())
+        {
+            return None;
+        }
+        // Step 6: route.
+        let (index, route) = self.router.route(req.path)?;
+        let Target::Upstream {
+            upstream,
+            strip_prefix,
+        } = &self.targets[index]
+        else {
+            return None;
+        };
+        // Step 7: methods (a CORS preflight goes the general way).
+        let method = http::Method::from_bytes(req.method.as_bytes()).ok()?;
+        if (method == http::Method::OPTIONS && cors > 0)
+            || !policy::method_allowed(&route.policy, &method)
+        {
+            return None;
+        }
+        if content_length.unwrap_or(0) > server.max_body_bytes {
+            return None;
+        }
+        let peer = conn.peer.ip().to_canonical();
+        if server.trusted_proxies.iter().any(|n| n.contains(&peer)) {
+            return None;
+        }
+        // Step 8: authenticate and authorise; any refusal goes the
+        // general way, which answers it.
+        let identity = match (&route.policy.auth, &self.auth) {
+            (AuthMode::None, _) | (_, None) => None,
+            (mode, Some(auth)) => {
+                let values = req
+                    .headers
+                    .iter()
+                    .filter(|h| h.name.eq_ignore_ascii_case("authorization"))
+                    .map(|h| h.value);
+                match auth.bearer_in(values).ok()? {
+                    Some(token) => {
+                        let id = auth.verify_access(token).await.ok()?;
+                        if !policy::claims_satisfy(&route.policy.require, &id.claims) {
+                            return None;
+                        }
+                        Some(id)
+                    }
+                    None if *mode == AuthMode::Optional => None,
+                    None => return None,
+                }
+            }
+        };
+        let request_id = request_id_from(client_request_id);
+        let server_index = upstream.pick_index()?;
+        let picked = &upstream.servers()[server_index];
+
+        // Step 9: the upstream request, as `proxy::forward` builds it.
+        let path =
+            crate::proxy::upstream_path(req.path, strip_prefix.then_some(route.path.as_str()))
+                .ok()?;
+        let mut head = Vec::with_capacity(512);
+        head.extend_from_slice(req.method.as_bytes());
+        head.push(b' ');
+        head.extend_from_slice(path.as_bytes());
+        if let Some(q) = req.query {
+            head.push(b'?');
+            head.extend_from_slice(q.as_bytes());
+        }
+        head.extend_from_slice(b" HTTP/1.1\r\n");
+        let up_host = match host {
+            Some(h) if upstream.config.preserve_host => h,
+            _ => picked.host.as_bytes(),
+        };
+        put_header(&mut head, b"host", up_host);
+        let named = crate::h1::connection_named(req.headers);
+        let forward_token = self.config.identity.forward_token;
+        for h in req.headers {
+            let n = h.name;
+            if crate::h1::is_hop_by_hop(n)
+                || [
+                    "host",
+                    "x-forwarded-for",
+                    "x-forwarded-proto",
+                    "x-forwarded-host",
+                    "x-real-ip",
+                    "x-request-id",
+                ]
+                .iter()
+                .any(|s| s.eq_ignore_ascii_case(n))
+                || (!forward_token && n.eq_ignore_ascii_case("authorization"))
+                || self.strip.matches(n)
+                || named.iter().any(|c| c.eq_ignore_ascii_case(n.as_bytes()))
+            {
+                continue;
+            }
+            put_header(&mut head, n.as_bytes(), h.value);
+        }
+        put_header(&mut head, b"x-forwarded-for", req.peer_ip.as_bytes());
+        put_header(
+            &mut head,
+            b"x-forwarded-proto",
+            if conn.tls { b"https" } else { b"http" },
+        );
+        if let Some(h) = host {
+            put_header(&mut head, b"x-forwarded-host", h);
+        }
+        put_header(&mut head, b"x-real-ip", req.peer_ip.as_bytes());
+        put_header(&mut head, b"x-request-id", request_id.as_bytes());
+        if let Some(id) = &identity {
+            let user_id_claim = self
+                .config
+                .jwt
+                .as_ref()
+                .map_or("user_id", |j| j.user_id_claim.as_str());
+            for (name, value) in identity::build(
+                &self.config.identity,
+                &id.claims,
+                user_id_claim,
+                &id.user_id,
+            ) {
+                put_header(&mut head, name.as_str().as_bytes(), value.as_bytes());
+            }
+        }
+        head.extend_from_slice(b"\r\n");
+        Some(Prepared {
+            upstream: upstream.clone(),
+            server: server_index,
+            head,
+            body_len: content_length.unwrap_or(0),
+            close,
+            request_id,
+        })
+    }
+}
+
+fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// What the server knows about the connection a request came on.
@@ -425,14 +657,19 @@ fn redirect_to_https(req: &Request<Incoming>, port: u16) -> Response<Body> {
 
 /// A valid client X-Request-Id (1 to 128 of `A-Za-z0-9._-`), else a new UUID.
 fn request_id(headers: &http::HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get(&X_REQUEST_ID) {
-        let b = v.as_bytes();
+    request_id_from(headers.get(&X_REQUEST_ID).map(HeaderValue::as_bytes))
+}
+
+fn request_id_from(client: Option<&[u8]>) -> HeaderValue {
+    if let Some(b) = client {
         if !b.is_empty()
             && b.len() <= 128
             && b.iter()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
         {
-            return v.clone();
+            if let Ok(v) = HeaderValue::from_bytes(b) {
+                return v;
+            }
         }
     }
     let id = uuid::Builder::from_random_bytes(random_16()).into_uuid();
@@ -464,6 +701,24 @@ fn random_16() -> [u8; 16] {
         out[..8].copy_from_slice(&next(state).to_le_bytes());
         out[8..].copy_from_slice(&next(state).to_le_bytes());
         out
+    })
+}
+
+/// The current time as an HTTP date, formatted once per second per thread.
+pub(crate) fn with_http_date<R>(f: impl FnOnce(&[u8]) -> R) -> R {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+    thread_local! {
+        static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.0 != secs {
+            *d = (secs, httpdate::fmt_http_date(now));
+        }
+        f(d.1.as_bytes())
     })
 }
 

@@ -11,12 +11,16 @@
 //!   route ([`router`]), then static files ([`static_files`]) or the reverse
 //!   proxy ([`proxy`]). Edge authentication slots in between routing and
 //!   dispatch.
+//! - [`h1`] is the HTTP/1.1 fast path for proxied requests: the same
+//!   request path as [`handler`], run on the raw request head, with the
+//!   connection handed to hyper and [`handler`] for anything else.
 //! - [`response`] turns every error into a status and a small JSON body.
 //! - [`telemetry`] sets up logging and writes the access-log line.
 //! - [`config`] loads and validates the TOML file before anything binds.
 
 pub mod auth;
 pub mod config;
+pub mod h1;
 pub mod handler;
 pub mod healthcheck;
 pub mod proxy;

@@ -39,7 +39,7 @@ use crate::config::{self, Config};
 use crate::handler::{self, AppState, ConnInfo, Deps};
 use crate::response::{Body, BoxError};
 use crate::telemetry::AccessRecord;
-use crate::tls;
+use crate::{h1, tls};
 
 /// The bound sockets the server serves.
 pub struct Listeners {
@@ -88,6 +88,7 @@ struct Shared {
     deps: Deps,
     tls: ArcSwap<Option<TlsAcceptor>>,
     http: auto::Builder<TokioExecutor>,
+    max_header_bytes: usize,
     /// Settings fixed at start (listeners and limits do not reload).
     header_read_timeout: Duration,
     idle_timeout: Duration,
@@ -132,6 +133,7 @@ pub fn start(config: Config, listeners: Listeners) -> Result<ServerHandle, Serve
     let redirect_port = redirect_port.map(|p| if p == 0 { main_addr.port() } else { p });
     let limit = Arc::new(Semaphore::new(s.max_connections));
     let shutdown_grace = s.shutdown_grace;
+    let max_header_bytes = s.max_header_bytes.max(8192);
     let config_path = config.path.clone();
     let main_is_tls = tls.is_some();
     let deps = Deps::open(&config)?;
@@ -144,6 +146,7 @@ pub fn start(config: Config, listeners: Listeners) -> Result<ServerHandle, Serve
         deps: deps.clone(),
         tls: ArcSwap::from_pointee(tls),
         http,
+        max_header_bytes,
     });
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -353,7 +356,7 @@ fn now_ms() -> u64 {
 }
 
 /// What the watchdog needs to know about a connection.
-struct Activity {
+pub(crate) struct Activity {
     /// Requests whose response has not been fully sent.
     in_flight: AtomicUsize,
     /// When reading of the next request's head began (0: not reading).
@@ -365,7 +368,7 @@ struct Activity {
 }
 
 impl Activity {
-    fn on_read(&self) {
+    pub(crate) fn on_read(&self) {
         if self.in_flight.load(Ordering::Acquire) == 0
             && self
                 .head_started
@@ -376,18 +379,22 @@ impl Activity {
         }
     }
 
-    fn request_started(&self) {
+    pub(crate) fn request_started(&self) {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.head_started.store(0, Ordering::Release);
     }
 
-    fn request_finished(&self) {
+    pub(crate) fn request_finished(&self) {
         self.idle_since.store(now_ms(), Ordering::Release);
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Resolves when the connection has broken a timeout.
-    async fn expired(&self, header_timeout: Duration, idle_timeout: Duration) -> &'static str {
+    pub(crate) async fn expired(
+        &self,
+        header_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> &'static str {
         let header_ms = u64::try_from(header_timeout.as_millis()).unwrap_or(u64::MAX);
         let idle_ms = u64::try_from(idle_timeout.as_millis()).unwrap_or(u64::MAX);
         loop {
@@ -458,17 +465,122 @@ async fn serve_connection(
                     return;
                 }
             };
-        let io = Tracked {
-            inner: tls,
-            activity: activity.clone(),
-        };
-        drive(io, shared, conn_info, activity, shutdown).await;
+        // HTTP/2 goes to hyper; HTTP/1.1 starts on the fast path.
+        if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+            let io = Tracked {
+                inner: Prefixed::new(tls, Vec::new()),
+                activity: activity.clone(),
+            };
+            drive(io, shared, conn_info, activity, shutdown).await;
+        } else {
+            drive_h1(tls, shared, conn_info, activity, shutdown).await;
+        }
     } else {
+        drive_h1(stream, shared, conn_info, activity, shutdown).await;
+    }
+}
+
+/// Serves an HTTP/1.x connection on the fast path (`crate::h1`) until a
+/// request needs the general path, then hands the connection to hyper.
+async fn drive_h1<IO: h1::ClientIo>(
+    io: IO,
+    shared: Arc<Shared>,
+    conn_info: Arc<ConnInfo>,
+    activity: Arc<Activity>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let env = h1::Env {
+        app: &shared.app,
+        access_log: &shared.access_log,
+        conn: &conn_info,
+        activity: &activity,
+        max_header_bytes: shared.max_header_bytes,
+        shutdown: shutdown.clone(),
+    };
+    let outcome = tokio::select! {
+        o = h1::serve(io, env) => o,
+        why = activity.expired(shared.header_read_timeout, shared.idle_timeout) => {
+            tracing::debug!(reason = why, "closing connection");
+            return;
+        }
+    };
+    if let h1::Outcome::Handover { io, buffered } = outcome {
         let io = Tracked {
-            inner: stream,
+            inner: Prefixed::new(io, buffered),
             activity: activity.clone(),
         };
-        drive(io, shared, conn_info, activity, shutdown).await;
+        drive(
+            io,
+            shared.clone(),
+            conn_info.clone(),
+            activity.clone(),
+            shutdown,
+        )
+        .await;
+    }
+}
+
+/// An IO that first yields bytes already read from it.
+struct Prefixed<IO> {
+    prefix: Vec<u8>,
+    at: usize,
+    inner: IO,
+}
+
+impl<IO> Prefixed<IO> {
+    fn new(inner: IO, prefix: Vec<u8>) -> Self {
+        Prefixed {
+            prefix,
+            at: 0,
+            inner,
+        }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Prefixed<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.at < this.prefix.len() {
+            let n = (this.prefix.len() - this.at).min(buf.remaining());
+            buf.put_slice(&this.prefix[this.at..this.at + n]);
+            this.at += n;
+            if this.at == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Prefixed<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 

@@ -33,6 +33,11 @@ impl Strip {
         Strip { names }
     }
 
+    /// Whether `name` (any case, `_` for `-`) is an identity header.
+    pub fn matches(&self, name: &str) -> bool {
+        self.names.iter().any(|s| same_name(s, name))
+    }
+
     /// Removes every copy of every identity header; returns how many names
     /// were removed (for the debug log).
     pub fn apply(&self, headers: &mut HeaderMap) -> usize {

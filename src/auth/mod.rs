@@ -15,7 +15,7 @@ pub mod keys;
 pub mod policy;
 pub mod remote;
 
-use http::header::{self, HeaderMap};
+use http::header::{self, HeaderMap, HeaderValue};
 use serde_json::{Map, Value};
 use std::sync::Arc;
 
@@ -114,7 +114,19 @@ impl Authenticator {
     /// The token from the Authorization header, if the request has one in
     /// an accepted scheme.
     pub fn bearer<'h>(&self, headers: &'h HeaderMap) -> Result<Option<&'h str>, AuthError> {
-        let mut all = headers.get_all(header::AUTHORIZATION).iter();
+        self.bearer_in(
+            headers
+                .get_all(header::AUTHORIZATION)
+                .iter()
+                .map(HeaderValue::as_bytes),
+        )
+    }
+
+    /// `bearer` over the raw values of every Authorization header.
+    pub fn bearer_in<'h>(
+        &self,
+        mut all: impl Iterator<Item = &'h [u8]>,
+    ) -> Result<Option<&'h str>, AuthError> {
         let Some(value) = all.next() else {
             return Ok(None);
         };
@@ -122,7 +134,14 @@ impl Authenticator {
             // SECURITY: two headers could be read differently upstream.
             return Err(AuthError::BadHeader);
         }
-        let text = value.to_str().map_err(|_| AuthError::BadHeader)?;
+        // Visible ASCII only, as `HeaderValue::to_str` accepts.
+        if !value
+            .iter()
+            .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+        {
+            return Err(AuthError::BadHeader);
+        }
+        let text = std::str::from_utf8(value).map_err(|_| AuthError::BadHeader)?;
         let mut parts = text.split_ascii_whitespace();
         let Some(scheme) = parts.next() else {
             return Ok(None);

@@ -21,12 +21,16 @@ use crate::response::Body;
 /// authority its URI names.
 pub type UpstreamClient = Client<Connector, Body>;
 
+pub(crate) fn target(addr: &UpstreamAddr) -> Target {
+    match addr {
+        UpstreamAddr::Tcp { authority } => Target::Tcp(authority.clone()),
+        UpstreamAddr::Unix { path } => Target::Unix(path.clone()),
+    }
+}
+
 pub fn build(addr: &UpstreamAddr, cfg: &UpstreamConfig) -> UpstreamClient {
     let connector = Connector {
-        target: match addr {
-            UpstreamAddr::Tcp { authority } => Target::Tcp(authority.clone()),
-            UpstreamAddr::Unix { path } => Target::Unix(path.clone()),
-        },
+        target: target(addr),
         connect_timeout: cfg.connect_timeout,
     };
     Client::builder(TokioExecutor::new())
@@ -40,7 +44,7 @@ pub fn build(addr: &UpstreamAddr, cfg: &UpstreamConfig) -> UpstreamClient {
 }
 
 #[derive(Clone, Debug)]
-enum Target {
+pub(crate) enum Target {
     Tcp(String),
     Unix(PathBuf),
 }
@@ -64,26 +68,29 @@ impl tower_service::Service<http::Uri> for Connector {
     fn call(&mut self, _uri: http::Uri) -> Self::Future {
         let target = self.target.clone();
         let timeout = self.connect_timeout;
-        Box::pin(async move {
-            let connect = async {
-                match &target {
-                    Target::Tcp(authority) => {
-                        let s = TcpStream::connect(authority.as_str()).await?;
-                        // Requests are small writes; do not let Nagle delay them.
-                        s.set_nodelay(true)?;
-                        Ok(Stream::Tcp(s))
-                    }
-                    Target::Unix(path) => Ok(Stream::Unix(UnixStream::connect(path).await?)),
-                }
-            };
-            match tokio::time::timeout(timeout, connect).await {
-                Ok(r) => r.map(TokioIo::new),
-                Err(_) => Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("connect timed out after {timeout:?}"),
-                )),
+        Box::pin(async move { connect(&target, timeout).await.map(TokioIo::new) })
+    }
+}
+
+/// Opens a connection to `target` within `timeout`.
+pub(crate) async fn connect(target: &Target, timeout: Duration) -> io::Result<Stream> {
+    let connect = async {
+        match target {
+            Target::Tcp(authority) => {
+                let s = TcpStream::connect(authority.as_str()).await?;
+                // Requests are small writes; do not let Nagle delay them.
+                s.set_nodelay(true)?;
+                Ok(Stream::Tcp(s))
             }
-        })
+            Target::Unix(path) => Ok(Stream::Unix(UnixStream::connect(path).await?)),
+        }
+    };
+    match tokio::time::timeout(timeout, connect).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("connect timed out after {timeout:?}"),
+        )),
     }
 }
 
@@ -92,6 +99,20 @@ impl tower_service::Service<http::Uri> for Connector {
 pub enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+}
+
+impl Stream {
+    /// Whether an idle pooled connection can still carry a request: no
+    /// end-of-stream and no stray bytes are waiting on it. One
+    /// non-blocking read, no wait.
+    pub(crate) fn is_reusable(&self) -> bool {
+        let mut probe = [0u8; 1];
+        let r = match self {
+            Stream::Tcp(s) => s.try_read(&mut probe),
+            Stream::Unix(s) => s.try_read(&mut probe),
+        };
+        matches!(r, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
 }
 
 impl Connection for Stream {

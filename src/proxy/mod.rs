@@ -15,6 +15,7 @@
 
 pub mod client;
 pub mod headers;
+pub mod pool;
 pub mod upstream;
 
 use bytes::Bytes;
@@ -239,8 +240,22 @@ fn upstream_uri(
     strip: Option<&str>,
     authority: &http::uri::Authority,
 ) -> Result<Uri, ProxyError> {
-    let path = uri.path();
-    let path = match strip {
+    let path = upstream_path(uri.path(), strip)?;
+    let pq = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    Uri::builder()
+        .scheme("http")
+        .authority(authority.clone())
+        .path_and_query(pq)
+        .build()
+        .map_err(|_| ProxyError::BadRequest("invalid request target"))
+}
+
+/// The path sent upstream: minus the route prefix when stripping.
+pub(crate) fn upstream_path<'p>(path: &'p str, strip: Option<&str>) -> Result<&'p str, ProxyError> {
+    Ok(match strip {
         Some(prefix) => {
             let prefix = prefix.trim_end_matches('/');
             let rest = path.strip_prefix(prefix).unwrap_or(path);
@@ -254,17 +269,7 @@ fn upstream_uri(
             }
         }
         None => path,
-    };
-    let pq = match uri.query() {
-        Some(q) => format!("{path}?{q}"),
-        None => path.to_string(),
-    };
-    Uri::builder()
-        .scheme("http")
-        .authority(authority.clone())
-        .path_and_query(pq)
-        .build()
-        .map_err(|_| ProxyError::BadRequest("invalid request target"))
+    })
 }
 
 /// Who stopped making progress when the upstream timeout ran out.

@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::client::{self, UpstreamClient};
+use super::pool::Pool;
 use crate::config::{UpstreamAddr, UpstreamConfig};
 
 pub struct Upstream {
@@ -15,6 +16,8 @@ pub struct Upstream {
 pub struct Server {
     pub addr: UpstreamAddr,
     pub client: UpstreamClient,
+    /// Idle connections for the HTTP/1.1 fast path.
+    pub pool: Pool,
     /// The Host header sent when `preserve_host = false`.
     pub host: http::HeaderValue,
     /// The authority of the URIs given to the client (its pool key).
@@ -29,6 +32,7 @@ impl Upstream {
             .map(|addr| Server {
                 addr: addr.clone(),
                 client: client::build(addr, config),
+                pool: Pool::new(addr, config),
                 host: match addr {
                     UpstreamAddr::Tcp { authority } => http::HeaderValue::from_str(authority)
                         .unwrap_or_else(|_| http::HeaderValue::from_static("localhost")),
@@ -47,6 +51,19 @@ impl Upstream {
             servers,
             next: AtomicUsize::new(0),
         }
+    }
+
+    /// The index of the server for the next request (round robin).
+    pub fn pick_index(&self) -> Option<usize> {
+        match self.servers.len() {
+            0 => None,
+            1 => Some(0),
+            n => Some(self.next.fetch_add(1, Ordering::Relaxed) % n),
+        }
+    }
+
+    pub fn servers(&self) -> &[Server] {
+        &self.servers
     }
 
     /// The server for the next request (round robin).

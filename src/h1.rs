@@ -1,0 +1,1086 @@
+//! The HTTP/1.1 fast path for proxied requests.
+//!
+//! Most traffic through a front door is small API requests proxied to the
+//! app. For those, this module reads the request head into one buffer,
+//! parses it in place (httparse), runs the same request path as
+//! `handler` (strip identity headers, route, methods, authenticate,
+//! authorise), writes the upstream request head straight from the client's
+//! bytes, and copies the upstream's answer back, in the connection's own
+//! task, on a pooled upstream connection (`proxy::pool`). No header maps,
+//! no per-request tasks or channels, and no buffers kept while the
+//! connection idles.
+//!
+//! Anything else (static files, token routes, health, redirects, requests
+//! that will be refused, chunked or `Expect` uploads, upgrades, HTTP/1.0,
+//! HTTP/2, trusted-proxy peers, heads over the buffer) is not handled
+//! here: the connection, with the bytes read so far, is handed to hyper
+//! and the general path (`handler::handle`) for the rest of its life.
+//! A request is handed over before anything about it has been sent, so
+//! both paths answer it the same way.
+
+use bytes::Bytes;
+use http::header::HeaderValue;
+use http::StatusCode;
+use http_body_util::BodyExt;
+use std::future::poll_fn;
+use std::io;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::handler::{AppState, ConnInfo, FastRequest};
+use crate::proxy::client::Stream;
+use crate::proxy::upstream::Server;
+use crate::proxy::{ProxyError, Upstream};
+use crate::response::{self, ErrorNote, GatewayError};
+use crate::server::Activity;
+use crate::telemetry::AccessRecord;
+
+/// Headers per message the fast path parses; more go the general way.
+const MAX_HEADERS: usize = 64;
+/// Largest upstream response head accepted.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Read size for request heads.
+const HEAD_READ: usize = 4096;
+/// Read size for bodies.
+const BODY_READ: usize = 64 * 1024;
+
+/// A client connection the fast path can serve.
+pub(crate) trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Ready when bytes (or the end) can be read: an idle connection waits
+    /// here without a read buffer.
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl ClientIo for TcpStream {
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_read_ready(cx)
+    }
+}
+
+impl ClientIo for tokio_rustls::server::TlsStream<TcpStream> {
+    fn poll_readable(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Decrypted bytes may already be buffered: just read.
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// How the fast path left a connection.
+pub(crate) enum Outcome<IO> {
+    /// Closed (by either side, or on shutdown).
+    Closed,
+    /// This request is for the general path: `buffered` holds the bytes
+    /// read from `io` and not consumed.
+    Handover { io: IO, buffered: Vec<u8> },
+}
+
+/// What the fast path needs from the server.
+pub(crate) struct Env<'a> {
+    pub app: &'a arc_swap::ArcSwap<AppState>,
+    pub access_log: &'a arc_swap::ArcSwap<bool>,
+    pub conn: &'a ConnInfo,
+    pub activity: &'a Activity,
+    pub max_header_bytes: usize,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Serves requests on `io` until it closes or a request needs the general
+/// path.
+pub(crate) async fn serve<IO: ClientIo>(mut io: IO, mut env: Env<'_>) -> Outcome<IO> {
+    let client_ip = env.conn.peer.ip().to_canonical().to_string();
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        if buf.is_empty() {
+            // Idle: hold no buffer while waiting for the next request.
+            buf = Vec::new();
+            tokio::select! {
+                r = poll_fn(|cx| io.poll_readable(cx)) => {
+                    if r.is_err() {
+                        return Outcome::Closed;
+                    }
+                }
+                _ = env.shutdown.changed() => return Outcome::Closed,
+            }
+            if *env.shutdown.borrow() {
+                return Outcome::Closed;
+            }
+        }
+        // Read until the head is complete.
+        let head_len = loop {
+            if !buf.is_empty() {
+                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let mut req = httparse::Request::new(&mut headers);
+                match req.parse(&buf) {
+                    Ok(httparse::Status::Complete(n)) => break n,
+                    Ok(httparse::Status::Partial) => {}
+                    // Malformed, too many headers, HTTP/2 preface: the
+                    // general path answers (or speaks HTTP/2).
+                    Err(_) => return Outcome::Handover { io, buffered: buf },
+                }
+            }
+            if buf.len() >= env.max_header_bytes {
+                return Outcome::Handover { io, buffered: buf };
+            }
+            buf.reserve(HEAD_READ);
+            match io.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => {
+                    return if buf.is_empty() {
+                        Outcome::Closed
+                    } else {
+                        Outcome::Handover { io, buffered: buf }
+                    };
+                }
+                Ok(_) => env.activity.on_read(),
+            }
+        };
+
+        let state = env.app.load_full();
+        let log = **env.access_log.load();
+        let Some(plan) = plan(&state, env.conn, &client_ip, &buf, head_len, log).await else {
+            return Outcome::Handover { io, buffered: buf };
+        };
+        env.activity.request_started();
+        let start = Instant::now();
+        let body_here = usize::try_from(plan.body_len)
+            .unwrap_or(usize::MAX)
+            .min(buf.len() - head_len);
+        let body_rest = plan.body_len - body_here as u64;
+        let draining = *env.shutdown.borrow();
+        let reply = Reply {
+            request_id: &plan.request_id,
+            hsts: if env.conn.tls {
+                state.hsts.as_ref()
+            } else {
+                None
+            },
+            close: plan.close || draining,
+        };
+        let mut upstream_time = None;
+        let exchanged = exchange(
+            &mut io,
+            &plan,
+            &buf[head_len..head_len + body_here],
+            body_rest,
+            &reply,
+            &mut upstream_time,
+        )
+        .await;
+        let (status, bytes, error, keep) = match exchanged {
+            Ok(done) => (done.status, done.bytes, None, done.client_ok),
+            Err(Failed {
+                error,
+                client_body_left,
+            }) => {
+                let err = GatewayError::from(error);
+                if err.is_server_side() {
+                    tracing::debug!(error = %response::error_chain(&err), "request failed");
+                }
+                let resp = response::error_response(&err);
+                let close = reply.close || client_body_left;
+                let reply = Reply { close, ..reply };
+                match write_local(&mut io, resp, &reply).await {
+                    Ok((status, bytes, note)) => (status, bytes, note, !close),
+                    Err(_) => (502, 0, None, false),
+                }
+            }
+        };
+        if log {
+            AccessRecord {
+                peer: env.conn.peer,
+                method: http::Method::from_bytes(plan.method.as_bytes())
+                    .unwrap_or(http::Method::GET),
+                path: plan.log_path.clone(),
+                status,
+                request_id: plan.request_id.to_str().unwrap_or("-").to_string(),
+                start,
+                upstream_time,
+                error,
+            }
+            .log(bytes);
+        }
+        env.activity.request_finished();
+        if !keep || reply.close {
+            let _ = io.shutdown().await;
+            return Outcome::Closed;
+        }
+        // Keep pipelined bytes of the next request, if any.
+        buf.drain(..head_len + body_here);
+    }
+}
+
+/// A request the fast path will proxy, with its upstream head ready.
+struct Plan {
+    upstream: Arc<Upstream>,
+    /// Index of the server picked (round robin) among the upstream's.
+    server: usize,
+    /// The request head for the upstream, body not included.
+    head: Vec<u8>,
+    body_len: u64,
+    method: String,
+    /// HEAD: the answer has no body whatever its headers say.
+    is_head: bool,
+    /// The client asked to close after this request.
+    close: bool,
+    request_id: HeaderValue,
+    /// The path for the access log (only filled when it is on).
+    log_path: String,
+}
+
+/// Parses the head in `buf` and runs the request path up to the proxy.
+/// `None`: this request is for the general path.
+async fn plan(
+    state: &AppState,
+    conn: &ConnInfo,
+    client_ip: &str,
+    buf: &[u8],
+    head_len: usize,
+    log: bool,
+) -> Option<Plan> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    req.parse(&buf[..head_len]).ok()?;
+    if req.version != Some(1) {
+        return None;
+    }
+    let method = req.method?;
+    let target = req.path?;
+    if method == "CONNECT" || !target.starts_with('/') {
+        return None;
+    }
+    // Validated as hyper would, so both paths accept the same targets.
+    let pq = http::uri::PathAndQuery::try_from(target).ok()?;
+    let fast = FastRequest {
+        method,
+        path: pq.path(),
+        query: pq.query(),
+        headers: req.headers,
+        peer_ip: client_ip,
+    };
+    let prepared = state.prepare_fast(conn, &fast).await?;
+    Some(Plan {
+        upstream: prepared.upstream,
+        server: prepared.server,
+        head: prepared.head,
+        body_len: prepared.body_len,
+        method: method.to_string(),
+        is_head: method == "HEAD",
+        close: prepared.close,
+        request_id: prepared.request_id,
+        log_path: if log {
+            pq.path().to_string()
+        } else {
+            String::new()
+        },
+    })
+}
+
+/// How every response on this connection is finished.
+struct Reply<'a> {
+    request_id: &'a HeaderValue,
+    hsts: Option<&'a HeaderValue>,
+    /// Send `connection: close` and close after the response.
+    close: bool,
+}
+
+struct Done {
+    status: u16,
+    /// Body bytes sent to the client.
+    bytes: u64,
+    /// The client connection can carry another request.
+    client_ok: bool,
+}
+
+/// A failure before anything was sent to the client.
+struct Failed {
+    error: ProxyError,
+    /// Part of the request body is still unread on the client connection.
+    client_body_left: bool,
+}
+
+/// Sends the request upstream and the answer back.
+async fn exchange<IO: ClientIo>(
+    io: &mut IO,
+    plan: &Plan,
+    body_here: &[u8],
+    body_rest: u64,
+    reply: &Reply<'_>,
+    upstream_time: &mut Option<std::time::Duration>,
+) -> Result<Done, Failed> {
+    let up = &plan.upstream;
+    let name = &up.config.name;
+    let fail = |error: ProxyError, left: bool| Failed {
+        error,
+        client_body_left: left,
+    };
+    let Some(server) = up.servers().get(plan.server) else {
+        return Err(fail(
+            ProxyError::BadRequest("upstream has no servers"),
+            body_rest > 0,
+        ));
+    };
+    let mut first = Vec::with_capacity(plan.head.len() + body_here.len());
+    first.extend_from_slice(&plan.head);
+    first.extend_from_slice(body_here);
+    let sent_at = Instant::now();
+    // A reused connection may have been closed by the server meanwhile: a
+    // request held whole in memory is then sent again on a new one.
+    let mut fresh_only = false;
+    let (mut stream, ubuf, head) = loop {
+        let taken = if fresh_only {
+            server.pool.connect().await
+        } else {
+            server.pool.take().await
+        };
+        let mut taken = match taken {
+            Ok(t) => t,
+            Err(e) => {
+                return Err(fail(
+                    ProxyError::Connect {
+                        upstream: name.clone(),
+                        source: e.into(),
+                    },
+                    body_rest > 0,
+                ))
+            }
+        };
+        let retry = taken.reused && body_rest == 0;
+        if let Err(e) = taken.stream.write_all(&first).await {
+            if retry {
+                fresh_only = true;
+                continue;
+            }
+            return Err(fail(upstream_err(name, e), body_rest > 0));
+        }
+        if body_rest > 0 {
+            send_body(io, &mut taken.stream, body_rest, up).await?;
+        }
+        match read_head(&mut taken.stream, up).await {
+            Ok((ubuf, head)) => break (taken.stream, ubuf, head),
+            Err(HeadError::Closed) if retry => {
+                fresh_only = true;
+                continue;
+            }
+            Err(HeadError::Closed) => {
+                return Err(fail(
+                    upstream_err(
+                        name,
+                        io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "connection closed before the response",
+                        ),
+                    ),
+                    false,
+                ))
+            }
+            Err(HeadError::Io(e)) => return Err(fail(upstream_err(name, e), false)),
+            Err(HeadError::Timeout) => {
+                return Err(fail(
+                    ProxyError::Timeout {
+                        upstream: name.clone(),
+                        after: up.config.timeout,
+                    },
+                    false,
+                ))
+            }
+        }
+    };
+    *upstream_time = Some(sent_at.elapsed());
+
+    let framing = if plan.is_head || head.status == 204 || head.status == 304 {
+        Framing::Empty
+    } else if head.chunked {
+        Framing::Chunked(ChunkedScan::default())
+    } else if let Some(n) = head.content_length {
+        Framing::Length(n)
+    } else {
+        Framing::UntilClose
+    };
+    let mut out = Vec::with_capacity(head.len + 128);
+    write_client_head(&mut out, &ubuf[..head.len], &head, &framing, reply);
+    let mut reusable = head.keep_alive;
+    let mut body = Forward {
+        framing,
+        sent: 0,
+        done: false,
+        broken: false,
+    };
+    let extra = body.take(&ubuf[head.len..], &mut out);
+    if extra {
+        reusable = false;
+    }
+    if io.write_all(&out).await.is_err() {
+        return Ok(Done {
+            status: head.status,
+            bytes: body.sent,
+            client_ok: false,
+        });
+    }
+    drop(out);
+    drop(ubuf);
+    let mut client_ok = true;
+    if !body.done {
+        let mut chunk = Vec::with_capacity(BODY_READ);
+        let mut framed = Vec::new();
+        while !body.done {
+            chunk.clear();
+            match stream.read_buf(&mut chunk).await {
+                Ok(0) => {
+                    if matches!(body.framing, Framing::UntilClose) {
+                        framed.clear();
+                        framed.extend_from_slice(b"0\r\n\r\n");
+                        body.done = true;
+                        if io.write_all(&framed).await.is_err() {
+                            client_ok = false;
+                        }
+                    } else {
+                        // The upstream broke off mid-body: so must we, or the
+                        // client would take a short body for a whole one.
+                        client_ok = false;
+                    }
+                    reusable = false;
+                    break;
+                }
+                Ok(_) => {
+                    framed.clear();
+                    if body.take(&chunk, &mut framed) {
+                        reusable = false;
+                    }
+                    if io.write_all(&framed).await.is_err() {
+                        client_ok = false;
+                        reusable = false;
+                        break;
+                    }
+                }
+                Err(_) => {
+                    client_ok = false;
+                    reusable = false;
+                    break;
+                }
+            }
+        }
+    }
+    if body.broken {
+        client_ok = false;
+        reusable = false;
+    }
+    if reusable && body.done && !matches!(body.framing, Framing::UntilClose) {
+        server_put(server, stream);
+    }
+    Ok(Done {
+        status: head.status,
+        bytes: body.sent,
+        client_ok,
+    })
+}
+
+fn server_put(server: &Server, stream: Stream) {
+    server.pool.put(stream);
+}
+
+fn upstream_err(name: &str, e: io::Error) -> ProxyError {
+    ProxyError::Upstream {
+        upstream: name.to_string(),
+        source: e.into(),
+    }
+}
+
+/// Copies the rest of a Content-Length request body from the client to
+/// the upstream, each read within the upstream timeout.
+async fn send_body<IO: ClientIo>(
+    io: &mut IO,
+    stream: &mut Stream,
+    mut rest: u64,
+    up: &Upstream,
+) -> Result<(), Failed> {
+    let timeout = up.config.timeout;
+    let mut chunk = vec![0u8; usize::try_from(rest).unwrap_or(BODY_READ).min(BODY_READ)];
+    while rest > 0 {
+        let want = usize::try_from(rest).unwrap_or(BODY_READ).min(chunk.len());
+        let read = tokio::time::timeout(timeout, io.read(&mut chunk[..want]));
+        let n = match read.await {
+            Err(_) => {
+                return Err(Failed {
+                    error: ProxyError::ClientBodyTimeout { after: timeout },
+                    client_body_left: true,
+                })
+            }
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                return Err(Failed {
+                    error: ProxyError::BadRequest("request body ended early"),
+                    client_body_left: true,
+                })
+            }
+            Ok(Ok(n)) => n,
+        };
+        rest -= n as u64;
+        let write = tokio::time::timeout(timeout, stream.write_all(&chunk[..n]));
+        match write.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return Err(Failed {
+                    error: upstream_err(&up.config.name, e),
+                    client_body_left: rest > 0,
+                })
+            }
+            Err(_) => {
+                return Err(Failed {
+                    error: ProxyError::Timeout {
+                        upstream: up.config.name.clone(),
+                        after: timeout,
+                    },
+                    client_body_left: rest > 0,
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The parts of an upstream response head the fast path acts on.
+struct ResponseHead {
+    /// Length of the head in the buffer.
+    len: usize,
+    status: u16,
+    content_length: Option<u64>,
+    chunked: bool,
+    keep_alive: bool,
+    has_date: bool,
+}
+
+enum HeadError {
+    /// The connection ended before a byte of the response.
+    Closed,
+    Io(io::Error),
+    Timeout,
+}
+
+/// Reads the upstream's final response head (1xx answers are skipped)
+/// within the upstream timeout. Returns the buffer, head first.
+async fn read_head(
+    stream: &mut Stream,
+    up: &Upstream,
+) -> Result<(Vec<u8>, ResponseHead), HeadError> {
+    let deadline = tokio::time::Instant::now() + up.config.timeout;
+    let mut ubuf: Vec<u8> = Vec::with_capacity(HEAD_READ * 4);
+    let mut got_any = false;
+    loop {
+        if !ubuf.is_empty() {
+            match parse_response(&ubuf) {
+                Ok(Some(head)) if (100..200).contains(&head.status) => {
+                    if head.status == 101 {
+                        return Err(HeadError::Io(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "upstream switched protocols without an upgrade request",
+                        )));
+                    }
+                    ubuf.drain(..head.len);
+                    continue;
+                }
+                Ok(Some(head)) => return Ok((ubuf, head)),
+                Ok(None) => {}
+                Err(e) => return Err(HeadError::Io(e)),
+            }
+            if ubuf.len() >= MAX_RESPONSE_HEAD {
+                return Err(HeadError::Io(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "response head too large",
+                )));
+            }
+        }
+        ubuf.reserve(HEAD_READ * 4);
+        match tokio::time::timeout_at(deadline, stream.read_buf(&mut ubuf)).await {
+            Err(_) => return Err(HeadError::Timeout),
+            Ok(Ok(0)) if !got_any => return Err(HeadError::Closed),
+            Ok(Ok(0)) => {
+                return Err(HeadError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed inside the response head",
+                )))
+            }
+            Ok(Ok(_)) => got_any = true,
+            Ok(Err(e))
+                if !got_any
+                    && matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+                    ) =>
+            {
+                return Err(HeadError::Closed)
+            }
+            Ok(Err(e)) => return Err(HeadError::Io(e)),
+        }
+    }
+}
+
+fn parse_response(buf: &[u8]) -> io::Result<Option<ResponseHead>> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(bad(&format!("invalid response head: {e}"))),
+    };
+    let status = resp.code.ok_or_else(|| bad("no status"))?;
+    let mut head = ResponseHead {
+        len,
+        status,
+        content_length: None,
+        chunked: false,
+        keep_alive: resp.version == Some(1),
+        has_date: false,
+    };
+    for h in resp.headers.iter() {
+        let n = h.name;
+        if n.eq_ignore_ascii_case("content-length") {
+            let v = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| bad("invalid content-length"))?;
+            if head.content_length.is_some_and(|c| c != v) {
+                return Err(bad("conflicting content-length"));
+            }
+            head.content_length = Some(v);
+        } else if n.eq_ignore_ascii_case("transfer-encoding") {
+            // Chunked only counts as the last coding; anything else is
+            // read until close (RFC 9112 6.3).
+            head.chunked = last_token(h.value).eq_ignore_ascii_case(b"chunked");
+            if !head.chunked {
+                head.keep_alive = false;
+            }
+        } else if n.eq_ignore_ascii_case("connection") {
+            for t in tokens(h.value) {
+                if t.eq_ignore_ascii_case(b"close") {
+                    head.keep_alive = false;
+                } else if t.eq_ignore_ascii_case(b"keep-alive") && resp.version == Some(0) {
+                    head.keep_alive = true;
+                }
+            }
+        } else if n.eq_ignore_ascii_case("date") {
+            head.has_date = true;
+        }
+    }
+    if head.chunked {
+        // Transfer-Encoding wins over Content-Length (RFC 9112 6.3).
+        head.content_length = None;
+    }
+    Ok(Some(head))
+}
+
+fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+    v.split(|b| *b == b',').map(trim).filter(|t| !t.is_empty())
+}
+
+fn last_token(v: &[u8]) -> &[u8] {
+    tokens(v).last().unwrap_or(b"")
+}
+
+fn trim(mut v: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = v {
+        v = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = v {
+        v = rest;
+    }
+    v
+}
+
+/// Writes the client's response head: the upstream's status and end-to-end
+/// headers, then the gateway's own.
+fn write_client_head(
+    out: &mut Vec<u8>,
+    raw: &[u8],
+    head: &ResponseHead,
+    framing: &Framing,
+    reply: &Reply<'_>,
+) {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    // Parsed before: cannot fail now.
+    let _ = resp.parse(raw);
+    status_line(out, head.status);
+    let named = connection_named(resp.headers);
+    for h in resp.headers.iter() {
+        if is_hop_by_hop(h.name)
+            || h.name.eq_ignore_ascii_case("x-request-id")
+            || (reply.hsts.is_some() && h.name.eq_ignore_ascii_case("strict-transport-security"))
+            || (matches!(framing, Framing::UntilClose | Framing::Chunked(_))
+                && h.name.eq_ignore_ascii_case("content-length"))
+            || named
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(h.name.as_bytes()))
+        {
+            continue;
+        }
+        header(out, h.name.as_bytes(), h.value);
+    }
+    match framing {
+        Framing::Chunked(_) | Framing::UntilClose => header(out, b"transfer-encoding", b"chunked"),
+        Framing::Empty | Framing::Length(_) => {}
+    }
+    finish_head(out, reply, head.has_date);
+}
+
+fn status_line(out: &mut Vec<u8>, status: u16) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    let mut code = itoa::Buffer::new();
+    out.extend_from_slice(code.format(status).as_bytes());
+    out.push(b' ');
+    let reason = StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("<none>");
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The gateway's own response headers and the blank line.
+fn finish_head(out: &mut Vec<u8>, reply: &Reply<'_>, has_date: bool) {
+    header(out, b"x-request-id", reply.request_id.as_bytes());
+    if let Some(h) = reply.hsts {
+        header(out, b"strict-transport-security", h.as_bytes());
+    }
+    if !has_date {
+        crate::handler::with_http_date(|d| header(out, b"date", d));
+    }
+    if reply.close {
+        header(out, b"connection", b"close");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Header names listed in Connection (hop-by-hop for this message).
+pub(crate) fn connection_named<'h>(headers: &[httparse::Header<'h>]) -> Vec<&'h [u8]> {
+    let mut named = Vec::new();
+    for h in headers {
+        if h.name.eq_ignore_ascii_case("connection") {
+            named.extend(tokens(h.value));
+        }
+    }
+    named
+}
+
+/// RFC 9110 7.6.1 hop-by-hop headers, as `proxy::headers` removes them.
+pub(crate) fn is_hop_by_hop(name: &str) -> bool {
+    [
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+    ]
+    .iter()
+    .any(|h| h.eq_ignore_ascii_case(name))
+}
+
+/// Answers with a response the gateway made itself (an error).
+async fn write_local<IO: ClientIo>(
+    io: &mut IO,
+    mut resp: http::Response<crate::response::Body>,
+    reply: &Reply<'_>,
+) -> io::Result<(u16, u64, Option<String>)> {
+    let note = resp.extensions_mut().remove::<ErrorNote>().map(|n| n.0);
+    let (parts, body) = resp.into_parts();
+    let body: Bytes = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let mut out = Vec::with_capacity(256 + body.len());
+    status_line(&mut out, parts.status.as_u16());
+    for (name, value) in &parts.headers {
+        if name == http::header::CONTENT_LENGTH || name.as_str() == "x-request-id" {
+            continue;
+        }
+        header(&mut out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    let mut len = itoa::Buffer::new();
+    header(
+        &mut out,
+        b"content-length",
+        len.format(body.len()).as_bytes(),
+    );
+    finish_head(&mut out, reply, false);
+    out.extend_from_slice(&body);
+    io.write_all(&out).await?;
+    Ok((parts.status.as_u16(), body.len() as u64, note))
+}
+
+/// How the response body is delimited.
+enum Framing {
+    Empty,
+    Length(u64),
+    /// Passed through as it is, scanned for its end.
+    Chunked(ChunkedScan),
+    /// No length: read to the upstream's close, sent chunked.
+    UntilClose,
+}
+
+/// Forwards body bytes to the client, noticing where the body ends.
+struct Forward {
+    framing: Framing,
+    /// Body bytes (payload) sent so far.
+    sent: u64,
+    done: bool,
+    /// The upstream's framing was invalid: the client connection must be
+    /// closed after what was sent.
+    broken: bool,
+}
+
+impl Forward {
+    /// Appends the body part of `data` to `out`, framed for the client.
+    /// Returns true when bytes follow the end of the body (the upstream
+    /// connection cannot be reused).
+    fn take(&mut self, data: &[u8], out: &mut Vec<u8>) -> bool {
+        match &mut self.framing {
+            Framing::Empty => {
+                self.done = true;
+                !data.is_empty()
+            }
+            Framing::Length(left) => {
+                let n = usize::try_from(*left).unwrap_or(usize::MAX).min(data.len());
+                out.extend_from_slice(&data[..n]);
+                *left -= n as u64;
+                self.sent += n as u64;
+                self.done = *left == 0;
+                data.len() > n
+            }
+            Framing::Chunked(scan) => match scan.feed(data) {
+                Ok(Some(end)) => {
+                    out.extend_from_slice(&data[..end]);
+                    self.sent += end as u64;
+                    self.done = true;
+                    data.len() > end
+                }
+                Ok(None) => {
+                    out.extend_from_slice(data);
+                    self.sent += data.len() as u64;
+                    false
+                }
+                Err(()) => {
+                    // Malformed chunking: stop here; the client sees a
+                    // broken-off body, never a made-up end.
+                    self.done = true;
+                    self.broken = true;
+                    true
+                }
+            },
+            Framing::UntilClose => {
+                if !data.is_empty() {
+                    let mut hex = [0u8; 16];
+                    let hex = hex_len(data.len(), &mut hex);
+                    out.extend_from_slice(hex);
+                    out.extend_from_slice(b"\r\n");
+                    out.extend_from_slice(data);
+                    out.extend_from_slice(b"\r\n");
+                    self.sent += data.len() as u64;
+                }
+                false
+            }
+        }
+    }
+}
+
+fn hex_len(mut n: usize, buf: &mut [u8; 16]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b"0123456789abcdef"[n & 15];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
+/// Finds the end of a chunked body without decoding it.
+#[derive(Default)]
+struct ChunkedScan {
+    state: Chunk,
+    size: u64,
+}
+
+#[derive(Default, Clone, Copy, PartialEq, Eq, Debug)]
+enum Chunk {
+    #[default]
+    Size,
+    Ext,
+    SizeLf,
+    Data,
+    DataCr,
+    DataLf,
+    TrailerStart,
+    TrailerLine,
+    TrailerLf,
+    EndLf,
+}
+
+impl ChunkedScan {
+    /// Scans `data`; `Some(n)`: the body ends after `data[..n]`.
+    fn feed(&mut self, data: &[u8]) -> Result<Option<usize>, ()> {
+        let mut i = 0;
+        while i < data.len() {
+            let b = data[i];
+            match self.state {
+                Chunk::Size => match b {
+                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                        if self.size >> 59 != 0 {
+                            return Err(());
+                        }
+                        let d = (b as char).to_digit(16).ok_or(())?;
+                        self.size = self.size * 16 + u64::from(d);
+                    }
+                    b';' | b' ' | b'\t' => self.state = Chunk::Ext,
+                    b'\r' => self.state = Chunk::SizeLf,
+                    _ => return Err(()),
+                },
+                Chunk::Ext => {
+                    if b == b'\r' {
+                        self.state = Chunk::SizeLf;
+                    }
+                }
+                Chunk::SizeLf => {
+                    if b != b'\n' {
+                        return Err(());
+                    }
+                    self.state = if self.size == 0 {
+                        Chunk::TrailerStart
+                    } else {
+                        Chunk::Data
+                    };
+                }
+                Chunk::Data => {
+                    let n = usize::try_from(self.size)
+                        .unwrap_or(usize::MAX)
+                        .min(data.len() - i);
+                    self.size -= n as u64;
+                    i += n;
+                    if self.size == 0 {
+                        self.state = Chunk::DataCr;
+                    }
+                    continue;
+                }
+                Chunk::DataCr => {
+                    if b != b'\r' {
+                        return Err(());
+                    }
+                    self.state = Chunk::DataLf;
+                }
+                Chunk::DataLf => {
+                    if b != b'\n' {
+                        return Err(());
+                    }
+                    self.state = Chunk::Size;
+                }
+                Chunk::TrailerStart => {
+                    self.state = if b == b'\r' {
+                        Chunk::EndLf
+                    } else {
+                        Chunk::TrailerLine
+                    };
+                }
+                Chunk::TrailerLine => {
+                    if b == b'\r' {
+                        self.state = Chunk::TrailerLf;
+                    }
+                }
+                Chunk::TrailerLf => {
+                    if b != b'\n' {
+                        return Err(());
+                    }
+                    self.state = Chunk::TrailerStart;
+                }
+                Chunk::EndLf => {
+                    if b != b'\n' {
+                        return Err(());
+                    }
+                    return Ok(Some(i + 1));
+                }
+            }
+            i += 1;
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunked_end_is_found_across_pieces() {
+        let body = b"5\r\nhello\r\n3;ext=1\r\nabc\r\n0\r\nx-t: 1\r\n\r\nNEXT";
+        for split in 0..body.len() {
+            let mut scan = ChunkedScan::default();
+            let (a, b) = body.split_at(split);
+            let end = match scan.feed(a).unwrap() {
+                Some(n) => n,
+                None => split + scan.feed(b).unwrap().expect("end in second part"),
+            };
+            assert_eq!(&body[end..], b"NEXT", "split at {split}");
+        }
+    }
+
+    #[test]
+    fn malformed_chunking_is_refused() {
+        assert!(ChunkedScan::default().feed(b"zz\r\n").is_err());
+        assert!(ChunkedScan::default().feed(b"1\r\nab\r\n").is_err());
+        assert!(ChunkedScan::default()
+            .feed(b"fffffffffffffffffff\r\n")
+            .is_err());
+    }
+
+    #[test]
+    fn close_delimited_bodies_are_rechunked() {
+        let mut f = Forward {
+            framing: Framing::UntilClose,
+            sent: 0,
+            done: false,
+            broken: false,
+        };
+        let mut out = Vec::new();
+        f.take(&[b'x'; 26], &mut out);
+        assert_eq!(out, [b"1a\r\n".as_slice(), &[b'x'; 26], b"\r\n"].concat());
+    }
+
+    #[test]
+    fn response_heads() {
+        let h = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nDate: x\r\n\r\nhello")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (h.status, h.content_length, h.keep_alive, h.has_date),
+            (200, Some(5), true, true)
+        );
+        let h = parse_response(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 5\r\n\r\n",
+        )
+        .unwrap()
+        .unwrap();
+        assert!(h.chunked && h.content_length.is_none());
+        let h = parse_response(b"HTTP/1.0 200 OK\r\n\r\n").unwrap().unwrap();
+        assert!(!h.keep_alive);
+        assert!(parse_response(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"
+        )
+        .is_err());
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Le")
+            .unwrap()
+            .is_none());
+    }
+}
