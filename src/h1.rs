@@ -48,6 +48,39 @@ const HEAD_READ: usize = 4096;
 /// Read size for bodies.
 const BODY_READ: usize = 64 * 1024;
 
+/// Per-thread spare buffers: requests borrow them and give them back, so
+/// the fast path neither allocates per request nor keeps buffers on idle
+/// connections.
+pub(crate) mod spare {
+    use std::cell::RefCell;
+
+    /// Capacity of a pooled buffer.
+    pub const SIZE: usize = 16 * 1024;
+    const KEEP: usize = 16;
+
+    thread_local! {
+        static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub fn take() -> Vec<u8> {
+        POOL.with(|p| p.borrow_mut().pop())
+            .unwrap_or_else(|| Vec::with_capacity(SIZE))
+    }
+
+    pub fn give(mut v: Vec<u8>) {
+        if v.capacity() < SIZE || v.capacity() > 4 * SIZE {
+            return;
+        }
+        v.clear();
+        POOL.with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() < KEEP {
+                p.push(v);
+            }
+        });
+    }
+}
+
 /// A client connection the fast path can serve.
 pub(crate) trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// Ready when bytes (or the end) can be read: an idle connection waits
@@ -95,7 +128,7 @@ pub(crate) async fn serve<IO: ClientIo>(mut io: IO, mut env: Env<'_>) -> Outcome
     loop {
         if buf.is_empty() {
             // Idle: hold no buffer while waiting for the next request.
-            buf = Vec::new();
+            spare::give(std::mem::take(&mut buf));
             tokio::select! {
                 r = poll_fn(|cx| io.poll_readable(cx)) => {
                     if r.is_err() {
@@ -108,13 +141,17 @@ pub(crate) async fn serve<IO: ClientIo>(mut io: IO, mut env: Env<'_>) -> Outcome
                 return Outcome::Closed;
             }
         }
-        // Read until the head is complete.
-        let head_len = loop {
+        // Read until the head is complete, then plan from the one parse.
+        let state = env.app.load_full();
+        let log = **env.access_log.load();
+        let (planned, head_len) = loop {
             if !buf.is_empty() {
                 let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
                 let mut req = httparse::Request::new(&mut headers);
                 match req.parse(&buf) {
-                    Ok(httparse::Status::Complete(n)) => break n,
+                    Ok(httparse::Status::Complete(n)) => {
+                        break (plan(&state, env.conn, &client_ip, &req, log).await, n);
+                    }
                     Ok(httparse::Status::Partial) => {}
                     // Malformed, too many headers, HTTP/2 preface: the
                     // general path answers (or speaks HTTP/2).
@@ -123,6 +160,9 @@ pub(crate) async fn serve<IO: ClientIo>(mut io: IO, mut env: Env<'_>) -> Outcome
             }
             if buf.len() >= env.max_header_bytes {
                 return Outcome::Handover { io, buffered: buf };
+            }
+            if buf.capacity() == 0 {
+                buf = spare::take();
             }
             buf.reserve(HEAD_READ);
             match io.read_buf(&mut buf).await {
@@ -136,10 +176,7 @@ pub(crate) async fn serve<IO: ClientIo>(mut io: IO, mut env: Env<'_>) -> Outcome
                 Ok(_) => env.activity.on_read(),
             }
         };
-
-        let state = env.app.load_full();
-        let log = **env.access_log.load();
-        let Some(plan) = plan(&state, env.conn, &client_ip, &buf, head_len, log).await else {
+        let Some(mut plan) = planned else {
             return Outcome::Handover { io, buffered: buf };
         };
         env.activity.request_started();
@@ -159,9 +196,11 @@ pub(crate) async fn serve<IO: ClientIo>(mut io: IO, mut env: Env<'_>) -> Outcome
             close: plan.close || draining,
         };
         let mut upstream_time = None;
+        let up_head = std::mem::take(&mut plan.head);
         let exchanged = exchange(
             &mut io,
             &plan,
+            up_head,
             &buf[head_len..head_len + body_here],
             body_rest,
             &reply,
@@ -229,19 +268,15 @@ struct Plan {
     log_path: String,
 }
 
-/// Parses the head in `buf` and runs the request path up to the proxy.
-/// `None`: this request is for the general path.
+/// Runs the request path up to the proxy on a parsed head. `None`: this
+/// request is for the general path.
 async fn plan(
     state: &AppState,
     conn: &ConnInfo,
     client_ip: &str,
-    buf: &[u8],
-    head_len: usize,
+    req: &httparse::Request<'_, '_>,
     log: bool,
 ) -> Option<Plan> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    req.parse(&buf[..head_len]).ok()?;
     if req.version != Some(1) {
         return None;
     }
@@ -304,6 +339,7 @@ struct Failed {
 async fn exchange<IO: ClientIo>(
     io: &mut IO,
     plan: &Plan,
+    up_head: Vec<u8>,
     body_here: &[u8],
     body_rest: u64,
     reply: &Reply<'_>,
@@ -321,13 +357,13 @@ async fn exchange<IO: ClientIo>(
             body_rest > 0,
         ));
     };
-    let mut first = Vec::with_capacity(plan.head.len() + body_here.len());
-    first.extend_from_slice(&plan.head);
+    let mut first = up_head;
     first.extend_from_slice(body_here);
     let sent_at = Instant::now();
     // A reused connection may have been closed by the server meanwhile: a
     // request held whole in memory is then sent again on a new one.
     let mut fresh_only = false;
+    let mut out = spare::take();
     let (mut stream, ubuf, head) = loop {
         let taken = if fresh_only {
             server.pool.connect().await
@@ -357,7 +393,7 @@ async fn exchange<IO: ClientIo>(
         if body_rest > 0 {
             send_body(io, &mut taken.stream, body_rest, up).await?;
         }
-        match read_head(&mut taken.stream, up).await {
+        match read_head(&mut taken.stream, up, plan.is_head, reply, &mut out).await {
             Ok((ubuf, head)) => break (taken.stream, ubuf, head),
             Err(HeadError::Closed) if retry => {
                 fresh_only = true;
@@ -389,20 +425,10 @@ async fn exchange<IO: ClientIo>(
     };
     *upstream_time = Some(sent_at.elapsed());
 
-    let framing = if plan.is_head || head.status == 204 || head.status == 304 {
-        Framing::Empty
-    } else if head.chunked {
-        Framing::Chunked(ChunkedScan::default())
-    } else if let Some(n) = head.content_length {
-        Framing::Length(n)
-    } else {
-        Framing::UntilClose
-    };
-    let mut out = Vec::with_capacity(head.len + 128);
-    write_client_head(&mut out, &ubuf[..head.len], &head, &framing, reply);
+    spare::give(first);
     let mut reusable = head.keep_alive;
     let mut body = Forward {
-        framing,
+        framing: head.framing,
         sent: 0,
         done: false,
         broken: false,
@@ -418,8 +444,8 @@ async fn exchange<IO: ClientIo>(
             client_ok: false,
         });
     }
-    drop(out);
-    drop(ubuf);
+    spare::give(out);
+    spare::give(ubuf);
     let mut client_ok = true;
     if !body.done {
         let mut chunk = Vec::with_capacity(BODY_READ);
@@ -544,10 +570,8 @@ struct ResponseHead {
     /// Length of the head in the buffer.
     len: usize,
     status: u16,
-    content_length: Option<u64>,
-    chunked: bool,
+    framing: Framing,
     keep_alive: bool,
-    has_date: bool,
 }
 
 enum HeadError {
@@ -562,13 +586,16 @@ enum HeadError {
 async fn read_head(
     stream: &mut Stream,
     up: &Upstream,
+    is_head: bool,
+    reply: &Reply<'_>,
+    out: &mut Vec<u8>,
 ) -> Result<(Vec<u8>, ResponseHead), HeadError> {
     let deadline = tokio::time::Instant::now() + up.config.timeout;
-    let mut ubuf: Vec<u8> = Vec::with_capacity(HEAD_READ * 4);
+    let mut ubuf = spare::take();
     let mut got_any = false;
     loop {
         if !ubuf.is_empty() {
-            match parse_response(&ubuf) {
+            match parse_response(&ubuf, is_head, reply, out) {
                 Ok(Some(head)) if (100..200).contains(&head.status) => {
                     if head.status == 101 {
                         return Err(HeadError::Io(io::Error::new(
@@ -615,7 +642,15 @@ async fn read_head(
     }
 }
 
-fn parse_response(buf: &[u8]) -> io::Result<Option<ResponseHead>> {
+/// Parses an upstream response head in `buf`; for a final answer, also
+/// writes the client's response head into `out`: the status and the
+/// end-to-end headers, then the gateway's own.
+fn parse_response(
+    buf: &[u8],
+    is_head: bool,
+    reply: &Reply<'_>,
+    out: &mut Vec<u8>,
+) -> io::Result<Option<ResponseHead>> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
     let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
@@ -628,11 +663,15 @@ fn parse_response(buf: &[u8]) -> io::Result<Option<ResponseHead>> {
     let mut head = ResponseHead {
         len,
         status,
-        content_length: None,
-        chunked: false,
+        framing: Framing::Empty,
         keep_alive: resp.version == Some(1),
-        has_date: false,
     };
+    if (100..200).contains(&status) {
+        return Ok(Some(head));
+    }
+    let mut content_length = None;
+    let mut chunked = false;
+    let mut has_date = false;
     for h in resp.headers.iter() {
         let n = h.name;
         if n.eq_ignore_ascii_case("content-length") {
@@ -640,15 +679,15 @@ fn parse_response(buf: &[u8]) -> io::Result<Option<ResponseHead>> {
                 .ok()
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .ok_or_else(|| bad("invalid content-length"))?;
-            if head.content_length.is_some_and(|c| c != v) {
+            if content_length.is_some_and(|c| c != v) {
                 return Err(bad("conflicting content-length"));
             }
-            head.content_length = Some(v);
+            content_length = Some(v);
         } else if n.eq_ignore_ascii_case("transfer-encoding") {
             // Chunked only counts as the last coding; anything else is
             // read until close (RFC 9112 6.3).
-            head.chunked = last_token(h.value).eq_ignore_ascii_case(b"chunked");
-            if !head.chunked {
+            chunked = last_token(h.value).eq_ignore_ascii_case(b"chunked");
+            if !chunked {
                 head.keep_alive = false;
             }
         } else if n.eq_ignore_ascii_case("connection") {
@@ -660,13 +699,40 @@ fn parse_response(buf: &[u8]) -> io::Result<Option<ResponseHead>> {
                 }
             }
         } else if n.eq_ignore_ascii_case("date") {
-            head.has_date = true;
+            has_date = true;
         }
     }
-    if head.chunked {
-        // Transfer-Encoding wins over Content-Length (RFC 9112 6.3).
-        head.content_length = None;
+    // Transfer-Encoding wins over Content-Length (RFC 9112 6.3).
+    head.framing = if is_head || status == 204 || status == 304 {
+        Framing::Empty
+    } else if chunked {
+        Framing::Chunked(ChunkedScan::default())
+    } else if let Some(n) = content_length {
+        Framing::Length(n)
+    } else {
+        Framing::UntilClose
+    };
+    let rechunk = matches!(head.framing, Framing::UntilClose | Framing::Chunked(_));
+
+    status_line(out, status);
+    let named = connection_named(resp.headers);
+    for h in resp.headers.iter() {
+        if is_hop_by_hop(h.name)
+            || h.name.eq_ignore_ascii_case("x-request-id")
+            || (reply.hsts.is_some() && h.name.eq_ignore_ascii_case("strict-transport-security"))
+            || (rechunk && h.name.eq_ignore_ascii_case("content-length"))
+            || named
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(h.name.as_bytes()))
+        {
+            continue;
+        }
+        header(out, h.name.as_bytes(), h.value);
     }
+    if rechunk {
+        header(out, b"transfer-encoding", b"chunked");
+    }
+    finish_head(out, reply, has_date);
     Ok(Some(head))
 }
 
@@ -686,42 +752,6 @@ fn trim(mut v: &[u8]) -> &[u8] {
         v = rest;
     }
     v
-}
-
-/// Writes the client's response head: the upstream's status and end-to-end
-/// headers, then the gateway's own.
-fn write_client_head(
-    out: &mut Vec<u8>,
-    raw: &[u8],
-    head: &ResponseHead,
-    framing: &Framing,
-    reply: &Reply<'_>,
-) {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    // Parsed before: cannot fail now.
-    let _ = resp.parse(raw);
-    status_line(out, head.status);
-    let named = connection_named(resp.headers);
-    for h in resp.headers.iter() {
-        if is_hop_by_hop(h.name)
-            || h.name.eq_ignore_ascii_case("x-request-id")
-            || (reply.hsts.is_some() && h.name.eq_ignore_ascii_case("strict-transport-security"))
-            || (matches!(framing, Framing::UntilClose | Framing::Chunked(_))
-                && h.name.eq_ignore_ascii_case("content-length"))
-            || named
-                .iter()
-                .any(|n| n.eq_ignore_ascii_case(h.name.as_bytes()))
-        {
-            continue;
-        }
-        header(out, h.name.as_bytes(), h.value);
-    }
-    match framing {
-        Framing::Chunked(_) | Framing::UntilClose => header(out, b"transfer-encoding", b"chunked"),
-        Framing::Empty | Framing::Length(_) => {}
-    }
-    finish_head(out, reply, head.has_date);
 }
 
 fn status_line(out: &mut Vec<u8>, status: u16) {
@@ -1058,29 +1088,44 @@ mod tests {
         assert_eq!(out, [b"1a\r\n".as_slice(), &[b'x'; 26], b"\r\n"].concat());
     }
 
+    fn parse(raw: &[u8]) -> io::Result<Option<(ResponseHead, String)>> {
+        let id = HeaderValue::from_static("rid");
+        let reply = Reply {
+            request_id: &id,
+            hsts: None,
+            close: false,
+        };
+        let mut out = Vec::new();
+        let head = parse_response(raw, false, &reply, &mut out)?;
+        Ok(head.map(|h| (h, String::from_utf8(out).unwrap())))
+    }
+
     #[test]
     fn response_heads() {
-        let h = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nDate: x\r\n\r\nhello")
+        let (h, out) = parse(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nDate: x\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nX-Request-Id: up\r\n\r\nhello")
             .unwrap()
             .unwrap();
+        assert!(matches!(h.framing, Framing::Length(5)) && h.keep_alive);
         assert_eq!(
-            (h.status, h.content_length, h.keep_alive, h.has_date),
-            (200, Some(5), true, true)
+            out,
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nDate: x\r\nx-request-id: rid\r\n\r\n"
         );
-        let h = parse_response(
+        let (h, out) = parse(
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 5\r\n\r\n",
         )
         .unwrap()
         .unwrap();
-        assert!(h.chunked && h.content_length.is_none());
-        let h = parse_response(b"HTTP/1.0 200 OK\r\n\r\n").unwrap().unwrap();
-        assert!(!h.keep_alive);
-        assert!(parse_response(
-            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"
-        )
-        .is_err());
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Le")
+        assert!(matches!(h.framing, Framing::Chunked(_)));
+        assert!(!out.contains("Content-Length") && out.contains("transfer-encoding: chunked"));
+        let (h, _) = parse(b"HTTP/1.0 200 OK\r\n\r\n").unwrap().unwrap();
+        assert!(!h.keep_alive && matches!(h.framing, Framing::UntilClose));
+        let (h, out) = parse(b"HTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\n")
             .unwrap()
-            .is_none());
+            .unwrap();
+        assert!(h.status == 103 && out.is_empty());
+        assert!(
+            parse(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n").is_err()
+        );
+        assert!(parse(b"HTTP/1.1 200 OK\r\nContent-Le").unwrap().is_none());
     }
 }

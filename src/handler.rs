@@ -315,12 +315,20 @@ impl AppState {
         let identity = match (&route.policy.auth, &self.auth) {
             (AuthMode::None, _) | (_, None) => None,
             (mode, Some(auth)) => {
-                let values = req
+                let mut values = req
                     .headers
                     .iter()
                     .filter(|h| h.name.eq_ignore_ascii_case("authorization"))
                     .map(|h| h.value);
-                match auth.bearer_in(values).ok()? {
+                let token = match (values.next(), values.next()) {
+                    (Some(v), None) => match auth.bearer_quick(v) {
+                        Some(t) => Some(t),
+                        None => auth.bearer_in(std::iter::once(v)).ok()?,
+                    },
+                    (None, _) => None,
+                    (Some(_), Some(_)) => return None,
+                };
+                match token {
                     Some(token) => {
                         let id = auth.verify_access(token).await.ok()?;
                         if !policy::claims_satisfy(&route.policy.require, &id.claims) {
@@ -341,7 +349,7 @@ impl AppState {
         let path =
             crate::proxy::upstream_path(req.path, strip_prefix.then_some(route.path.as_str()))
                 .ok()?;
-        let mut head = Vec::with_capacity(512);
+        let mut head = crate::h1::spare::take();
         head.extend_from_slice(req.method.as_bytes());
         head.push(b' ');
         head.extend_from_slice(path.as_bytes());

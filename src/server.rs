@@ -365,15 +365,24 @@ pub(crate) struct Activity {
     idle_since: AtomicU64,
     /// Wakes the watchdog when a head starts, to arm the shorter timer.
     wake: Notify,
+    /// When the watchdog will look next (ms): a head whose deadline comes
+    /// later needs no wake-up, so busy connections do not wake it per
+    /// request.
+    armed: AtomicU64,
+    header_ms: u64,
 }
 
 impl Activity {
     pub(crate) fn on_read(&self) {
-        if self.in_flight.load(Ordering::Acquire) == 0
-            && self
-                .head_started
-                .compare_exchange(0, now_ms(), Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
+        if self.in_flight.load(Ordering::Acquire) != 0 {
+            return;
+        }
+        let now = now_ms();
+        if self
+            .head_started
+            .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+            && now.saturating_add(self.header_ms) < self.armed.load(Ordering::Acquire)
         {
             self.wake.notify_one();
         }
@@ -419,6 +428,10 @@ impl Activity {
                 return why;
             }
             let wait = Duration::from_millis(deadline.saturating_sub(now).max(1));
+            self.armed.store(
+                now.saturating_add(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX)),
+                Ordering::Release,
+            );
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.wake.notified() => {}
@@ -441,6 +454,8 @@ async fn serve_connection(
         head_started: AtomicU64::new(now_ms()),
         idle_since: AtomicU64::new(now_ms()),
         wake: Notify::new(),
+        armed: AtomicU64::new(0),
+        header_ms: u64::try_from(shared.header_read_timeout.as_millis()).unwrap_or(u64::MAX),
     });
     let conn_info = Arc::new(ConnInfo {
         peer,
@@ -471,7 +486,8 @@ async fn serve_connection(
                 inner: Prefixed::new(tls, Vec::new()),
                 activity: activity.clone(),
             };
-            drive(io, shared, conn_info, activity, shutdown).await;
+            let watchdog = Watchdog::start(&activity, &shared);
+            drive(io, shared, conn_info, activity, shutdown, watchdog).await;
         } else {
             drive_h1(tls, shared, conn_info, activity, shutdown).await;
         }
@@ -489,6 +505,7 @@ async fn drive_h1<IO: h1::ClientIo>(
     activity: Arc<Activity>,
     shutdown: watch::Receiver<bool>,
 ) {
+    let mut watchdog = Watchdog::start(&activity, &shared);
     let env = h1::Env {
         app: &shared.app,
         access_log: &shared.access_log,
@@ -499,7 +516,7 @@ async fn drive_h1<IO: h1::ClientIo>(
     };
     let outcome = tokio::select! {
         o = h1::serve(io, env) => o,
-        why = activity.expired(shared.header_read_timeout, shared.idle_timeout) => {
+        why = watchdog.fired() => {
             tracing::debug!(reason = why, "closing connection");
             return;
         }
@@ -515,8 +532,34 @@ async fn drive_h1<IO: h1::ClientIo>(
             conn_info.clone(),
             activity.clone(),
             shutdown,
+            watchdog,
         )
         .await;
+    }
+}
+
+/// The connection's watchdog, in a task of its own so that its timers are
+/// not polled each time the connection's task wakes. Aborted when dropped.
+struct Watchdog(tokio::task::JoinHandle<&'static str>);
+
+impl Watchdog {
+    fn start(activity: &Arc<Activity>, shared: &Shared) -> Self {
+        let activity = activity.clone();
+        let (header, idle) = (shared.header_read_timeout, shared.idle_timeout);
+        Watchdog(tokio::spawn(
+            async move { activity.expired(header, idle).await },
+        ))
+    }
+
+    /// Resolves with the reason once a timeout is broken.
+    async fn fired(&mut self) -> &'static str {
+        (&mut self.0).await.unwrap_or("watchdog ended")
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -590,6 +633,7 @@ async fn drive<IO>(
     conn_info: Arc<ConnInfo>,
     activity: Arc<Activity>,
     mut shutdown: watch::Receiver<bool>,
+    mut watchdog: Watchdog,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -630,7 +674,7 @@ async fn drive<IO>(
                 }
                 return;
             }
-            why = activity.expired(shared.header_read_timeout, shared.idle_timeout) => {
+            why = watchdog.fired() => {
                 tracing::debug!(reason = why, "closing connection");
                 return;
             }

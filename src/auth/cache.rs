@@ -1,20 +1,25 @@
-//! A bounded cache of verified tokens, so a repeated RSA or ECDSA token
-//! skips its signature check (the expensive part). Keyed by the whole token
-//! (SECURITY: keying by signature alone would let a forged payload ride on
-//! a valid signature). An entry is dropped at the token's `exp`, and
+//! A bounded cache of verified tokens, so a repeated token skips decoding,
+//! its signature check and the JSON parse. Matched on the whole token
+//! (SECURITY: matching on the signature alone would let a forged payload
+//! ride on a valid signature); only the bucket is chosen by a keyed hash of
+//! the token's last bytes (its signature, unforgeable for anything cached),
+//! so a lookup does not hash the whole token. An entry is dropped at the token's `exp`, and
 //! remembers which key-set generation verified it, so keys revoked by a
 //! JWKS refresh stop working even for cached tokens.
 
 use serde_json::{Map, Value};
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex};
 
 pub struct TokenCache {
-    entries: Mutex<HashMap<Box<str>, Entry>>,
+    entries: Mutex<HashMap<u64, Entry>>,
     capacity: usize,
+    keys: RandomState,
 }
 
 struct Entry {
+    token: Box<str>,
     claims: Arc<Map<String, Value>>,
     exp: f64,
     /// (source, generation) of the key set that verified it.
@@ -26,7 +31,13 @@ impl TokenCache {
         TokenCache {
             entries: Mutex::new(HashMap::with_capacity(capacity.min(1024))),
             capacity,
+            keys: RandomState::new(),
         }
+    }
+
+    fn slot(&self, token: &str) -> u64 {
+        let b = token.as_bytes();
+        self.keys.hash_one(&b[b.len().saturating_sub(32)..])
     }
 
     /// The cached claims if the token was verified by the key set `stamp`
@@ -37,10 +48,14 @@ impl TokenCache {
         now: f64,
         generation_of: impl Fn(usize) -> u64,
     ) -> Option<Arc<Map<String, Value>>> {
+        let slot = self.slot(token);
         let mut map = self.entries.lock().ok()?;
-        let hit = map.get(token)?;
+        let hit = map.get(&slot)?;
+        if *hit.token != *token {
+            return None;
+        }
         if hit.exp <= now || hit.stamp.1 != generation_of(hit.stamp.0) {
-            map.remove(token);
+            map.remove(&slot);
             return None;
         }
         Some(hit.claims.clone())
@@ -54,6 +69,7 @@ impl TokenCache {
         stamp: (usize, u64),
         now: f64,
     ) {
+        let slot = self.slot(token);
         let Ok(mut map) = self.entries.lock() else {
             return;
         };
@@ -64,7 +80,16 @@ impl TokenCache {
                 map.clear();
             }
         }
-        map.insert(token.into(), Entry { claims, exp, stamp });
+        // A colliding slot is simply taken over: this is a cache.
+        map.insert(
+            slot,
+            Entry {
+                token: token.into(),
+                claims,
+                exp,
+                stamp,
+            },
+        );
     }
 
     pub fn len(&self) -> usize {

@@ -23,7 +23,7 @@ use crate::config::JwtConfig;
 use crate::store::RevokedFamilies;
 use cache::TokenCache;
 use jwt::{ClaimRules, TokenProblem};
-use keys::{KeySet, Material};
+use keys::KeySet;
 use remote::RemoteIssuer;
 
 /// Who the verified token says the caller is.
@@ -65,7 +65,8 @@ pub struct Authenticator {
     leeway: f64,
     user_id_claim: String,
     header_types: Vec<String>,
-    /// Verified asymmetric tokens (HMAC is cheaper than a lookup).
+    /// Verified tokens: a hit skips decoding, the signature check and the
+    /// JSON parse.
     cache: Option<TokenCache>,
     /// Revoked token families (`sid`), mirrored in memory.
     revoked: Arc<RevokedFamilies>,
@@ -80,12 +81,6 @@ impl Authenticator {
             .iter()
             .map(|t| RemoteIssuer::new(t.clone()).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
-        let asymmetric = !remote.is_empty()
-            || keys
-                .only
-                .iter()
-                .chain(keys.by_kid.values())
-                .any(|k| matches!(k.material, Material::Public(_)));
         Ok(Authenticator {
             keys,
             remote,
@@ -94,7 +89,7 @@ impl Authenticator {
             leeway: cfg.leeway.as_secs_f64(),
             user_id_claim: cfg.user_id_claim.clone(),
             header_types: cfg.header_types.clone(),
-            cache: (asymmetric && cfg.cache_size > 0).then(|| TokenCache::new(cfg.cache_size)),
+            cache: (cfg.cache_size > 0).then(|| TokenCache::new(cfg.cache_size)),
             revoked,
         })
     }
@@ -122,6 +117,26 @@ impl Authenticator {
         )
     }
 
+    /// The token of an Authorization value of exactly the shape
+    /// `<scheme> <token>`, without checking the token's bytes: for the fast
+    /// path, which then needs `verify_access` to succeed. A token that
+    /// verifies (or matches a cached verified one) is base64url and dots
+    /// only, so `bearer_in` would have returned the same token; anything
+    /// else goes the general way, where `bearer_in` decides.
+    pub fn bearer_quick<'h>(&self, value: &'h [u8]) -> Option<&'h str> {
+        self.header_types.iter().find_map(|t| {
+            let t = t.as_bytes();
+            let rest = value.get(t.len() + 1..)?;
+            if !value[..t.len()].eq_ignore_ascii_case(t)
+                || value[t.len()] != b' '
+                || rest.is_empty()
+            {
+                return None;
+            }
+            std::str::from_utf8(rest).ok()
+        })
+    }
+
     /// `bearer` over the raw values of every Authorization header.
     pub fn bearer_in<'h>(
         &self,
@@ -142,10 +157,15 @@ impl Authenticator {
             return Err(AuthError::BadHeader);
         }
         let text = std::str::from_utf8(value).map_err(|_| AuthError::BadHeader)?;
-        let mut parts = text.split_ascii_whitespace();
-        let Some(scheme) = parts.next() else {
-            return Ok(None);
+        let is_ws = |b: u8| b == b' ' || b == b'\t';
+        let text = text.trim_matches([' ', '\t']);
+        let (scheme, token) = match text.bytes().position(is_ws) {
+            Some(i) => (&text[..i], text[i..].trim_start_matches([' ', '\t'])),
+            None => (text, ""),
         };
+        if scheme.is_empty() {
+            return Ok(None);
+        }
         // RFC 7235: schemes are case-insensitive. Other schemes (Basic, ...)
         // are not ours: treated as no credentials, as simplejwt does.
         if !self
@@ -155,10 +175,10 @@ impl Authenticator {
         {
             return Ok(None);
         }
-        match (parts.next(), parts.next()) {
-            (Some(token), None) => Ok(Some(token)),
-            _ => Err(AuthError::BadHeader),
+        if token.is_empty() || token.bytes().any(is_ws) {
+            return Err(AuthError::BadHeader);
         }
+        Ok(Some(token))
     }
 
     /// Verifies an access token.
@@ -214,7 +234,7 @@ impl Authenticator {
         let (rules, uid_claim) = self.rules_for(&claims);
         jwt::check_claims(&claims, &rules, now).map_err(AuthError::InvalidToken)?;
         self.check_revoked(&claims)?;
-        if let (Some(cache), Material::Public(_)) = (&self.cache, &key.material) {
+        if let Some(cache) = &self.cache {
             if let Some(exp) = claims.get("exp").and_then(Value::as_f64) {
                 cache.insert(token, claims.clone(), exp, source, now);
             }
