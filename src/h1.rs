@@ -18,7 +18,6 @@
 //! A request is handed over before anything about it has been sent, so
 //! both paths answer it the same way.
 
-use bytes::Bytes;
 use http::header::HeaderValue;
 use http::StatusCode;
 use http_body_util::BodyExt;
@@ -31,12 +30,13 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::handler::{AppState, ConnInfo, FastRequest};
+use crate::handler::{AppState, ConnInfo, FastJob, FastRequest};
 use crate::proxy::client::Stream;
 use crate::proxy::upstream::Server;
 use crate::proxy::{ProxyError, Upstream};
 use crate::response::{self, ErrorNote, GatewayError};
 use crate::server::Activity;
+use crate::static_files::SendFile;
 use crate::telemetry::AccessRecord;
 
 /// Headers per message the fast path parses; more go the general way.
@@ -86,11 +86,20 @@ pub(crate) trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// Ready when bytes (or the end) can be read: an idle connection waits
     /// here without a read buffer.
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+
+    /// The plain TCP stream, for `sendfile(2)`.
+    fn as_tcp(&self) -> Option<&TcpStream> {
+        None
+    }
 }
 
 impl ClientIo for TcpStream {
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.poll_read_ready(cx)
+    }
+
+    fn as_tcp(&self) -> Option<&TcpStream> {
+        Some(self)
     }
 }
 
@@ -181,10 +190,14 @@ pub(crate) async fn serve<IO: ClientIo>(mut io: IO, mut env: Env<'_>) -> Outcome
         };
         env.activity.request_started();
         let start = Instant::now();
-        let body_here = usize::try_from(plan.body_len)
+        let body_len = match &plan.job {
+            Job::Proxy { body_len, .. } => *body_len,
+            Job::Static { .. } => 0,
+        };
+        let body_here = usize::try_from(body_len)
             .unwrap_or(usize::MAX)
             .min(buf.len() - head_len);
-        let body_rest = plan.body_len - body_here as u64;
+        let body_rest = body_len - body_here as u64;
         let draining = *env.shutdown.borrow();
         let reply = Reply {
             request_id: &plan.request_id,
@@ -196,33 +209,59 @@ pub(crate) async fn serve<IO: ClientIo>(mut io: IO, mut env: Env<'_>) -> Outcome
             close: plan.close || draining,
         };
         let mut upstream_time = None;
-        let up_head = std::mem::take(&mut plan.head);
-        let exchanged = exchange(
-            &mut io,
-            &plan,
-            up_head,
-            &buf[head_len..head_len + body_here],
-            body_rest,
-            &reply,
-            &mut upstream_time,
-        )
-        .await;
+        let job = std::mem::replace(
+            &mut plan.job,
+            Job::Static {
+                route: 0,
+                req: http::Request::new(()),
+            },
+        );
+        let exchanged = match job {
+            Job::Proxy {
+                upstream,
+                server,
+                head,
+                ..
+            } => {
+                exchange(
+                    &mut io,
+                    &upstream,
+                    server,
+                    plan.is_head,
+                    head,
+                    &buf[head_len..head_len + body_here],
+                    body_rest,
+                    &reply,
+                    &mut upstream_time,
+                )
+                .await
+            }
+            Job::Static { route, req } => {
+                let resp = state.serve_static_fast(route, req).await;
+                Err(Answer::Local(resp))
+            }
+        };
         let (status, bytes, error, keep) = match exchanged {
             Ok(done) => (done.status, done.bytes, None, done.client_ok),
-            Err(Failed {
-                error,
-                client_body_left,
-            }) => {
-                let err = GatewayError::from(error);
-                if err.is_server_side() {
-                    tracing::debug!(error = %response::error_chain(&err), "request failed");
-                }
-                let resp = response::error_response(&err);
+            Err(answer) => {
+                let (resp, client_body_left) = match answer {
+                    Answer::Local(resp) => (resp, false),
+                    Answer::Failed(Failed {
+                        error,
+                        client_body_left,
+                    }) => {
+                        let err = GatewayError::from(error);
+                        if err.is_server_side() {
+                            tracing::debug!(error = %response::error_chain(&err), "request failed");
+                        }
+                        (response::error_response(&err), client_body_left)
+                    }
+                };
                 let close = reply.close || client_body_left;
                 let reply = Reply { close, ..reply };
-                match write_local(&mut io, resp, &reply).await {
+                match write_response(&mut io, resp, &reply, plan.is_head).await {
                     Ok((status, bytes, note)) => (status, bytes, note, !close),
-                    Err(_) => (502, 0, None, false),
+                    Err(_) => (500, 0, None, false),
                 }
             }
         };
@@ -250,14 +289,9 @@ pub(crate) async fn serve<IO: ClientIo>(mut io: IO, mut env: Env<'_>) -> Outcome
     }
 }
 
-/// A request the fast path will proxy, with its upstream head ready.
+/// A request the fast path will answer.
 struct Plan {
-    upstream: Arc<Upstream>,
-    /// Index of the server picked (round robin) among the upstream's.
-    server: usize,
-    /// The request head for the upstream, body not included.
-    head: Vec<u8>,
-    body_len: u64,
+    job: Job,
     method: String,
     /// HEAD: the answer has no body whatever its headers say.
     is_head: bool,
@@ -266,6 +300,23 @@ struct Plan {
     request_id: HeaderValue,
     /// The path for the access log (only filled when it is on).
     log_path: String,
+}
+
+enum Job {
+    /// Proxy, with the upstream request head ready.
+    Proxy {
+        upstream: Arc<Upstream>,
+        /// Index of the server picked (round robin) among the upstream's.
+        server: usize,
+        /// The request head for the upstream, body not included.
+        head: Vec<u8>,
+        body_len: u64,
+    },
+    /// Serve from the static route with this index.
+    Static {
+        route: usize,
+        req: http::Request<()>,
+    },
 }
 
 /// Runs the request path up to the proxy on a parsed head. `None`: this
@@ -295,11 +346,34 @@ async fn plan(
         peer_ip: client_ip,
     };
     let prepared = state.prepare_fast(conn, &fast).await?;
+    let job = match prepared.job {
+        FastJob::Proxy {
+            upstream,
+            server,
+            head,
+            body_len,
+        } => Job::Proxy {
+            upstream,
+            server,
+            head,
+            body_len,
+        },
+        FastJob::Static { route } => {
+            let mut r = http::Request::new(());
+            *r.method_mut() = http::Method::from_bytes(method.as_bytes()).ok()?;
+            *r.uri_mut() = http::Uri::from(pq.clone());
+            let h = r.headers_mut();
+            for header in req.headers.iter() {
+                h.append(
+                    http::HeaderName::from_bytes(header.name.as_bytes()).ok()?,
+                    HeaderValue::from_bytes(header.value).ok()?,
+                );
+            }
+            Job::Static { route, req: r }
+        }
+    };
     Some(Plan {
-        upstream: prepared.upstream,
-        server: prepared.server,
-        head: prepared.head,
-        body_len: prepared.body_len,
+        job,
         method: method.to_string(),
         is_head: method == "HEAD",
         close: prepared.close,
@@ -328,6 +402,14 @@ struct Done {
     client_ok: bool,
 }
 
+/// A response the gateway makes itself, to be written whole.
+enum Answer {
+    /// A static file's (or its error) response.
+    Local(http::Response<crate::response::Body>),
+    /// The proxy failed before anything was sent to the client.
+    Failed(Failed),
+}
+
 /// A failure before anything was sent to the client.
 struct Failed {
     error: ProxyError,
@@ -336,22 +418,26 @@ struct Failed {
 }
 
 /// Sends the request upstream and the answer back.
+#[allow(clippy::too_many_arguments)]
 async fn exchange<IO: ClientIo>(
     io: &mut IO,
-    plan: &Plan,
+    up: &Upstream,
+    server: usize,
+    is_head: bool,
     up_head: Vec<u8>,
     body_here: &[u8],
     body_rest: u64,
     reply: &Reply<'_>,
     upstream_time: &mut Option<std::time::Duration>,
-) -> Result<Done, Failed> {
-    let up = &plan.upstream;
+) -> Result<Done, Answer> {
     let name = &up.config.name;
-    let fail = |error: ProxyError, left: bool| Failed {
-        error,
-        client_body_left: left,
+    let fail = |error: ProxyError, left: bool| {
+        Answer::Failed(Failed {
+            error,
+            client_body_left: left,
+        })
     };
-    let Some(server) = up.servers().get(plan.server) else {
+    let Some(server) = up.servers().get(server) else {
         return Err(fail(
             ProxyError::BadRequest("upstream has no servers"),
             body_rest > 0,
@@ -391,9 +477,11 @@ async fn exchange<IO: ClientIo>(
             return Err(fail(upstream_err(name, e), body_rest > 0));
         }
         if body_rest > 0 {
-            send_body(io, &mut taken.stream, body_rest, up).await?;
+            send_body(io, &mut taken.stream, body_rest, up)
+                .await
+                .map_err(Answer::Failed)?;
         }
-        match read_head(&mut taken.stream, up, plan.is_head, reply, &mut out).await {
+        match read_head(&mut taken.stream, up, is_head, reply, &mut out).await {
             Ok((ubuf, head)) => break (taken.stream, ubuf, head),
             Err(HeadError::Closed) if retry => {
                 fresh_only = true;
@@ -817,37 +905,136 @@ pub(crate) fn is_hop_by_hop(name: &str) -> bool {
     .any(|h| h.eq_ignore_ascii_case(name))
 }
 
-/// Answers with a response the gateway made itself (an error).
-async fn write_local<IO: ClientIo>(
+/// Writes a response the gateway made itself (a static file or an
+/// error), streaming its body; a whole large file on plain TCP goes out
+/// with `sendfile(2)`. Returns the status, body bytes sent and the error
+/// note for the access log. An error means the connection must close.
+async fn write_response<IO: ClientIo>(
     io: &mut IO,
     mut resp: http::Response<crate::response::Body>,
     reply: &Reply<'_>,
+    is_head: bool,
 ) -> io::Result<(u16, u64, Option<String>)> {
+    use http_body::Body as _;
     let note = resp.extensions_mut().remove::<ErrorNote>().map(|n| n.0);
-    let (parts, body) = resp.into_parts();
-    let body: Bytes = body
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
-    let mut out = Vec::with_capacity(256 + body.len());
-    status_line(&mut out, parts.status.as_u16());
+    let sendfile = resp.extensions_mut().remove::<SendFile>();
+    let (parts, mut body) = resp.into_parts();
+    let status = parts.status.as_u16();
+    let no_body = is_head || status == 204 || status == 304 || status < 200;
+    let declared = parts.headers.contains_key(http::header::CONTENT_LENGTH);
+    let exact = body.size_hint().exact();
+    let mut out = spare::take();
+    status_line(&mut out, status);
+    let mut has_date = false;
     for (name, value) in &parts.headers {
-        if name == http::header::CONTENT_LENGTH || name.as_str() == "x-request-id" {
+        if name.as_str() == "x-request-id" {
             continue;
         }
+        has_date |= name == http::header::DATE;
         header(&mut out, name.as_str().as_bytes(), value.as_bytes());
     }
-    let mut len = itoa::Buffer::new();
-    header(
-        &mut out,
-        b"content-length",
-        len.format(body.len()).as_bytes(),
-    );
-    finish_head(&mut out, reply, false);
-    out.extend_from_slice(&body);
-    io.write_all(&out).await?;
-    Ok((parts.status.as_u16(), body.len() as u64, note))
+    let chunked = !no_body && !declared && exact.is_none();
+    if !declared && !no_body {
+        match exact {
+            Some(n) => {
+                let mut len = itoa::Buffer::new();
+                header(&mut out, b"content-length", len.format(n).as_bytes());
+            }
+            None => header(&mut out, b"transfer-encoding", b"chunked"),
+        }
+    }
+    finish_head(&mut out, reply, has_date);
+    if no_body {
+        io.write_all(&out).await?;
+        spare::give(out);
+        return Ok((status, 0, note));
+    }
+    if let (Some(file), Some(tcp)) = (&sendfile, io.as_tcp()) {
+        drop(body);
+        io_write(tcp, &out).await?;
+        spare::give(out);
+        let sent = send_file(tcp, file).await?;
+        return Ok((status, sent, note));
+    }
+    let mut sent = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(io::Error::other)?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if data.is_empty() {
+            continue;
+        }
+        if chunked {
+            let mut hex = [0u8; 16];
+            out.extend_from_slice(hex_len(data.len(), &mut hex));
+            out.extend_from_slice(b"\r\n");
+        }
+        if data.len() <= spare::SIZE {
+            out.extend_from_slice(&data);
+        } else {
+            io.write_all(&out).await?;
+            out.clear();
+            io.write_all(&data).await?;
+        }
+        if chunked {
+            out.extend_from_slice(b"\r\n");
+        }
+        sent += data.len() as u64;
+        if !out.is_empty() {
+            io.write_all(&out).await?;
+            out.clear();
+        }
+    }
+    if chunked {
+        out.extend_from_slice(b"0\r\n\r\n");
+    }
+    if !out.is_empty() {
+        io.write_all(&out).await?;
+    }
+    spare::give(out);
+    Ok((status, sent, note))
+}
+
+/// Writes all of `data` on a plain TCP stream shared by reference.
+async fn io_write(tcp: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        tcp.writable().await?;
+        match tcp.try_write(data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Largest piece handed to one `sendfile` call; other connections get a
+/// turn between pieces.
+const SENDFILE_PIECE: u64 = 1024 * 1024;
+
+/// Sends a whole file with `sendfile(2)`: no copy through user space.
+async fn send_file(tcp: &TcpStream, file: &SendFile) -> io::Result<u64> {
+    let mut offset = 0u64;
+    while offset < file.len {
+        let want = usize::try_from((file.len - offset).min(SENDFILE_PIECE)).unwrap_or(1 << 20);
+        tcp.writable().await?;
+        let r = tcp.try_io(tokio::io::Interest::WRITABLE, || {
+            rustix::fs::sendfile(tcp, &*file.file, Some(&mut offset), want).map_err(io::Error::from)
+        });
+        match r {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "static file shrank while being sent",
+                ))
+            }
+            Ok(_) => tokio::task::yield_now().await,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(offset)
 }
 
 /// How the response body is delimited.

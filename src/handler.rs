@@ -202,15 +202,25 @@ pub(crate) struct FastRequest<'a, 'h> {
     pub peer_ip: &'a str,
 }
 
-/// A request the fast path may proxy: the upstream request head is built.
+/// What the fast path will do with a request.
+pub(crate) enum FastJob {
+    /// Proxy it: the upstream request head is built.
+    Proxy {
+        upstream: Arc<Upstream>,
+        /// Index of the upstream server picked.
+        server: usize,
+        /// The request head to send upstream, ending with the blank line.
+        head: Vec<u8>,
+        /// The request body's Content-Length (0 without one).
+        body_len: u64,
+    },
+    /// Serve it from the static route with this index.
+    Static { route: usize },
+}
+
+/// A request the fast path may answer.
 pub(crate) struct Prepared {
-    pub upstream: Arc<Upstream>,
-    /// Index of the upstream server picked.
-    pub server: usize,
-    /// The request head to send upstream, ending with the blank line.
-    pub head: Vec<u8>,
-    /// The request body's Content-Length (0 without one).
-    pub body_len: u64,
+    pub job: FastJob,
     /// The client sent `Connection: close`.
     pub close: bool,
     pub request_id: HeaderValue,
@@ -289,13 +299,7 @@ impl AppState {
         }
         // Step 6: route.
         let (index, route) = self.router.route(req.path)?;
-        let Target::Upstream {
-            upstream,
-            strip_prefix,
-        } = &self.targets[index]
-        else {
-            return None;
-        };
+        let target = &self.targets[index];
         // Step 7: methods (a CORS preflight goes the general way).
         let method = http::Method::from_bytes(req.method.as_bytes()).ok()?;
         if (method == http::Method::OPTIONS && cors > 0)
@@ -342,6 +346,20 @@ impl AppState {
             }
         };
         let request_id = request_id_from(client_request_id);
+        let (upstream, strip_prefix) = match target {
+            Target::Static(_) if content_length.unwrap_or(0) > 0 => return None,
+            Target::Static(_) => {
+                return Some(Prepared {
+                    job: FastJob::Static { route: index },
+                    close,
+                    request_id,
+                })
+            }
+            Target::Upstream {
+                upstream,
+                strip_prefix,
+            } => (upstream, strip_prefix),
+        };
         let server_index = upstream.pick_index()?;
         let picked = &upstream.servers()[server_index];
 
@@ -414,13 +432,30 @@ impl AppState {
         }
         head.extend_from_slice(b"\r\n");
         Some(Prepared {
-            upstream: upstream.clone(),
-            server: server_index,
-            head,
-            body_len: content_length.unwrap_or(0),
+            job: FastJob::Proxy {
+                upstream: upstream.clone(),
+                server: server_index,
+                head,
+                body_len: content_length.unwrap_or(0),
+            },
             close,
             request_id,
         })
+    }
+
+    /// Step 9 for a static route on the fast path (`prepare_fast` said
+    /// `FastJob::Static`): the same file server and error answers as
+    /// `dispatch`.
+    pub(crate) async fn serve_static_fast(&self, route: usize, req: Request<()>) -> Response<Body> {
+        let (Some(Target::Static(files)), Some(r)) =
+            (self.targets.get(route), self.router.routes().get(route))
+        else {
+            return response::error_response(&GatewayError::NoRoute);
+        };
+        match files.serve(req, &r.path).await {
+            Ok(resp) => resp,
+            Err(e) => response::error_response(&GatewayError::from(e)),
+        }
     }
 }
 

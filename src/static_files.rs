@@ -240,7 +240,7 @@ impl StaticFiles {
             return None;
         }
         // SECURITY: open the canonical path the containment check approved.
-        let file = std::fs::File::open(canonical).ok()?;
+        let file = Arc::new(std::fs::File::open(canonical).ok()?);
         let len = file.metadata().ok()?.len();
         let mut resp = if req.method() == Method::HEAD {
             let mut r = Response::new(crate::response::empty());
@@ -248,14 +248,16 @@ impl StaticFiles {
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
             r
         } else {
-            Response::new(
+            let mut r = Response::new(
                 FileBody {
-                    file,
+                    file: file.clone(),
                     remaining: len,
                     yield_next: false,
                 }
                 .boxed_unsync(),
-            )
+            );
+            r.extensions_mut().insert(SendFile { file, len });
+            r
         };
         let rh = resp.headers_mut();
         let mime = mime_guess::from_path(opened)
@@ -558,8 +560,17 @@ impl StaticFiles {
 const FILE_CHUNK: u64 = 256 * 1024;
 
 /// A file streamed in `FILE_CHUNK` pieces, read as hyper asks for them.
+/// Set on a whole large file's response: the open file, so that a plain
+/// TCP connection can send it with `sendfile(2)` instead of the body's
+/// reads and copies (`crate::h1`). The body reads the same file.
+#[derive(Clone)]
+pub struct SendFile {
+    pub file: Arc<std::fs::File>,
+    pub len: u64,
+}
+
 struct FileBody {
-    file: std::fs::File,
+    file: Arc<std::fs::File>,
     remaining: u64,
     /// Set after a piece was handed out: the next poll yields once, so one
     /// connection cannot send a whole large file while others wait (the
@@ -587,7 +598,7 @@ impl http_body::Body for FileBody {
         }
         let want = usize::try_from(self.remaining.min(FILE_CHUNK)).unwrap_or(64 * 1024);
         let mut buf = vec![0u8; want];
-        match self.file.read(&mut buf) {
+        match (&*self.file).read(&mut buf) {
             // Shorter than its metadata said: the file was cut while sent.
             Ok(0) => Poll::Ready(Some(Err("static file shrank while being sent".into()))),
             Ok(n) => {
