@@ -1125,9 +1125,10 @@ fn hex_len(mut n: usize, buf: &mut [u8; 16]) -> &[u8] {
     &buf[i..]
 }
 
-/// Finds the end of a chunked body without decoding it.
+/// Finds the end of a chunked body without decoding it (`feed`), or
+/// decodes it (`decode`).
 #[derive(Default)]
-struct ChunkedScan {
+pub(crate) struct ChunkedScan {
     state: Chunk,
     size: u64,
 }
@@ -1147,7 +1148,40 @@ enum Chunk {
     EndLf,
 }
 
+/// A step of decoding a chunked body.
+pub(crate) enum Decoded {
+    Data(bytes::Bytes),
+    End,
+    NeedMore,
+}
+
 impl ChunkedScan {
+    /// Takes the next payload piece (or the end) off the front of `buf`.
+    pub(crate) fn decode(&mut self, buf: &mut bytes::BytesMut) -> Result<Decoded, ()> {
+        use bytes::Buf;
+        loop {
+            if buf.is_empty() {
+                return Ok(Decoded::NeedMore);
+            }
+            if self.state == Chunk::Data {
+                let n = usize::try_from(self.size)
+                    .unwrap_or(usize::MAX)
+                    .min(buf.len());
+                self.size -= n as u64;
+                if self.size == 0 {
+                    self.state = Chunk::DataCr;
+                }
+                return Ok(Decoded::Data(buf.split_to(n).freeze()));
+            }
+            // Framing bytes, one at a time.
+            let end = self.feed(&buf[..1])?;
+            buf.advance(1);
+            if end.is_some() {
+                return Ok(Decoded::End);
+            }
+        }
+    }
+
     /// Scans `data`; `Some(n)`: the body ends after `data[..n]`.
     fn feed(&mut self, data: &[u8]) -> Result<Option<usize>, ()> {
         let mut i = 0;

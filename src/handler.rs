@@ -641,6 +641,20 @@ async fn authorize(
         err,
         scheme: auth.scheme().to_string(),
     };
+    // The common shape (`Bearer <token>`) is taken without the byte checks
+    // when the token verifies; anything else gets the full parse and its
+    // exact error.
+    let mut values = req.headers().get_all(header::AUTHORIZATION).iter();
+    if let (Some(v), None) = (values.next(), values.next()) {
+        if let Some(token) = auth.bearer_quick(v.as_bytes()) {
+            if let Ok(identity) = auth.verify_access(token).await {
+                if !policy::claims_satisfy(&policy.require, &identity.claims) {
+                    return Err(fail(AuthError::Forbidden));
+                }
+                return Ok(Some(identity));
+            }
+        }
+    }
     let identity = match auth.bearer(req.headers()).map_err(fail)? {
         Some(token) => auth.verify_access(token).await.map_err(fail)?,
         None if policy.auth == AuthMode::Optional => return Ok(None),

@@ -14,6 +14,7 @@
 //! identity headers to inject, ready made.
 
 pub mod client;
+pub mod h1client;
 pub mod headers;
 pub mod pool;
 pub mod upstream;
@@ -144,6 +145,18 @@ pub async fn forward(
     h.insert(&X_REQUEST_ID, ctx.request_id.clone());
     for (name, value) in ctx.inject {
         h.append(name, value.clone());
+    }
+
+    // Bodiless GET and HEAD (what HTTP/2 clients send most) take the
+    // pooled client: no connection task, no channels.
+    if upgrade.is_none()
+        && http_body::Body::is_end_stream(&body)
+        && (parts.method == http::Method::GET || parts.method == http::Method::HEAD)
+    {
+        let mut resp = h1client::send(&server.pool, &parts, up.config.timeout, name).await?;
+        headers::remove_hop_by_hop(resp.headers_mut());
+        *resp.version_mut() = client_version;
+        return Ok(resp);
     }
 
     let progress = Arc::new(BodyProgress::new(http_body::Body::is_end_stream(&body)));

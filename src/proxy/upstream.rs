@@ -17,7 +17,7 @@ pub struct Server {
     pub addr: UpstreamAddr,
     pub client: UpstreamClient,
     /// Idle connections for the HTTP/1.1 fast path.
-    pub pool: Pool,
+    pub pool: std::sync::Arc<Pool>,
     /// The Host header sent when `preserve_host = false`.
     pub host: http::HeaderValue,
     /// The authority of the URIs given to the client (its pool key).
@@ -32,7 +32,7 @@ impl Upstream {
             .map(|addr| Server {
                 addr: addr.clone(),
                 client: client::build(addr, config),
-                pool: Pool::new(addr, config),
+                pool: std::sync::Arc::new(Pool::new(addr, config)),
                 host: match addr {
                     UpstreamAddr::Tcp { authority } => http::HeaderValue::from_str(authority)
                         .unwrap_or_else(|_| http::HeaderValue::from_static("localhost")),
