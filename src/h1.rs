@@ -192,7 +192,7 @@ pub(crate) async fn serve<IO: ClientIo>(mut io: IO, mut env: Env<'_>) -> Outcome
         let start = Instant::now();
         let body_len = match &plan.job {
             Job::Proxy { body_len, .. } => *body_len,
-            Job::Static { .. } => 0,
+            Job::Static { .. } | Job::Health => 0,
         };
         let body_here = usize::try_from(body_len)
             .unwrap_or(usize::MAX)
@@ -240,6 +240,7 @@ pub(crate) async fn serve<IO: ClientIo>(mut io: IO, mut env: Env<'_>) -> Outcome
                 let resp = state.serve_static_fast(route, req).await;
                 Err(Answer::Local(resp))
             }
+            Job::Health => Err(Answer::Local(crate::handler::health())),
         };
         let (status, bytes, error, keep) = match exchanged {
             Ok(done) => (done.status, done.bytes, None, done.client_ok),
@@ -317,6 +318,8 @@ enum Job {
         route: usize,
         req: http::Request<()>,
     },
+    /// Answer the health path.
+    Health,
 }
 
 /// Runs the request path up to the proxy on a parsed head. `None`: this
@@ -371,6 +374,7 @@ async fn plan(
             }
             Job::Static { route, req: r }
         }
+        FastJob::Health => Job::Health,
     };
     Some(Plan {
         job,

@@ -216,6 +216,8 @@ pub(crate) enum FastJob {
     },
     /// Serve it from the static route with this index.
     Static { route: usize },
+    /// Answer the health path.
+    Health,
 }
 
 /// A request the fast path may answer.
@@ -284,10 +286,14 @@ impl AppState {
             return None;
         }
         // Steps 3-5: health, redirect, dot segments.
-        if req.path == server.health_path
-            || conn.redirect_https_port.is_some()
-            || has_dot_segment(req.path)
-        {
+        if req.path == server.health_path {
+            return Some(Prepared {
+                job: FastJob::Health,
+                close,
+                request_id: request_id_from(client_request_id),
+            });
+        }
+        if conn.redirect_https_port.is_some() || has_dot_segment(req.path) {
             return None;
         }
         if self
@@ -674,7 +680,7 @@ fn is_preflight(req: &Request<Incoming>) -> bool {
             .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
 }
 
-fn health() -> Response<Body> {
+pub(crate) fn health() -> Response<Body> {
     let mut resp = Response::new(response::full("ok"));
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));

@@ -4,7 +4,8 @@
 //! connections share a few upstream ones, as nginx's `keepalive` pool does.
 
 use std::io;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::client::{self, Stream, Target};
@@ -18,6 +19,8 @@ pub struct Pool {
     /// Most recently returned last: taken from the end, so the warmest
     /// connection is reused first.
     idle: Mutex<Vec<(Stream, Instant)>>,
+    /// A task closes connections idle past `idle_timeout` while any idle.
+    reaping: AtomicBool,
 }
 
 /// A connection taken from the pool, or freshly opened.
@@ -37,6 +40,7 @@ impl Pool {
             idle_timeout: cfg.pool_idle_timeout,
             max_idle: cfg.pool_max_idle,
             idle: Mutex::new(Vec::new()),
+            reaping: AtomicBool::new(false),
         }
     }
 
@@ -71,21 +75,130 @@ impl Pool {
     }
 
     /// Returns a connection whose last response was read to the end.
-    pub fn put(&self, stream: Stream) {
+    pub fn put(self: &Arc<Self>, stream: Stream) {
         if self.max_idle == 0 {
             return;
         }
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        // Connections idle past the timeout sit at the front: drop them.
-        let stale = idle
-            .iter()
-            .take_while(|(_, since)| now.duration_since(*since) >= self.idle_timeout)
-            .count();
-        idle.drain(..stale);
+        Self::drop_stale(&mut idle, self.idle_timeout, now);
         if idle.len() >= self.max_idle {
             idle.remove(0);
         }
         idle.push((stream, now));
+        // Under the lock, so the reaper cannot stop unseen in between.
+        if !self.reaping.swap(true, Ordering::AcqRel) {
+            self.spawn_reaper();
+        }
+    }
+
+    /// Connections idle past the timeout sit at the front: drop them.
+    fn drop_stale(idle: &mut Vec<(Stream, Instant)>, timeout: Duration, now: Instant) {
+        let stale = idle
+            .iter()
+            .take_while(|(_, since)| now.duration_since(*since) >= timeout)
+            .count();
+        idle.drain(..stale);
+    }
+
+    /// Closes idle connections once they pass `idle_timeout` (checked every
+    /// half timeout), until none is left; holds the pool only weakly, so a
+    /// pool dropped on reload closes its connections at once.
+    fn spawn_reaper(self: &Arc<Self>) {
+        let pool = Arc::downgrade(self);
+        let every = (self.idle_timeout / 2).max(Duration::from_millis(10));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(pool) = pool.upgrade() else { return };
+                let mut idle = pool.idle.lock().unwrap_or_else(|p| p.into_inner());
+                Self::drop_stale(&mut idle, pool.idle_timeout, Instant::now());
+                if idle.is_empty() {
+                    pool.reaping.store(false, Ordering::Release);
+                    return;
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    fn config(addr: &UpstreamAddr, idle: Duration, max_idle: usize) -> UpstreamConfig {
+        UpstreamConfig {
+            name: "app".into(),
+            servers: vec![addr.clone()],
+            connect_timeout: Duration::from_secs(2),
+            timeout: Duration::from_secs(2),
+            preserve_host: false,
+            pool_idle_timeout: idle,
+            pool_max_idle: max_idle,
+        }
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_reused_then_closed_after_the_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = UpstreamAddr::Tcp {
+            authority: listener.local_addr().unwrap().to_string(),
+        };
+        let pool = Arc::new(Pool::new(
+            &addr,
+            &config(&addr, Duration::from_millis(100), 4),
+        ));
+        let taken = pool.take().await.unwrap();
+        assert!(!taken.reused);
+        let (mut server_side, _) = listener.accept().await.unwrap();
+        pool.put(taken.stream);
+        let again = pool.take().await.unwrap();
+        assert!(again.reused, "an idle connection is taken again");
+        pool.put(again.stream);
+        // The reaper closes it once idle past the timeout: the server reads EOF.
+        let mut byte = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(2), server_side.read(&mut byte))
+            .await
+            .expect("idle connection was not closed after pool_idle_timeout")
+            .unwrap();
+        assert_eq!(n, 0);
+        assert!(pool.idle.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_server_closed_is_not_taken() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = UpstreamAddr::Tcp {
+            authority: listener.local_addr().unwrap().to_string(),
+        };
+        let pool = Arc::new(Pool::new(&addr, &config(&addr, Duration::from_secs(60), 4)));
+        let taken = pool.take().await.unwrap();
+        let (server_side, _) = listener.accept().await.unwrap();
+        pool.put(taken.stream);
+        drop(server_side);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let next = pool.take().await.unwrap();
+        assert!(!next.reused, "a closed idle connection must not be reused");
+    }
+
+    #[tokio::test]
+    async fn at_most_max_idle_are_kept() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = UpstreamAddr::Tcp {
+            authority: listener.local_addr().unwrap().to_string(),
+        };
+        let pool = Arc::new(Pool::new(&addr, &config(&addr, Duration::from_secs(60), 2)));
+        let mut held = Vec::new();
+        let mut accepted = Vec::new();
+        for _ in 0..3 {
+            held.push(pool.take().await.unwrap().stream);
+            accepted.push(listener.accept().await.unwrap());
+        }
+        for s in held {
+            pool.put(s);
+        }
+        assert_eq!(pool.idle.lock().unwrap().len(), 2);
     }
 }
