@@ -30,7 +30,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::handler::{AppState, ConnInfo, FastJob, FastRequest};
+use crate::handler::{AppState, ConnInfo, FastJob, FastRequest, Pending};
 use crate::proxy::client::Stream;
 use crate::proxy::upstream::Server;
 use crate::proxy::{ProxyError, Upstream};
@@ -39,8 +39,9 @@ use crate::server::Activity;
 use crate::static_files::SendFile;
 use crate::telemetry::AccessRecord;
 
-/// Headers per message the fast path parses; more go the general way.
-const MAX_HEADERS: usize = 64;
+/// Header fields per message the fast path parses (hyper's limit too);
+/// a request with more goes the general way.
+const MAX_HEADERS: usize = 100;
 /// Largest upstream response head accepted.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Read size for request heads.
@@ -159,7 +160,7 @@ pub(crate) async fn serve<IO: ClientIo>(mut io: IO, mut env: Env<'_>) -> Outcome
                 let mut req = httparse::Request::new(&mut headers);
                 match req.parse(&buf) {
                     Ok(httparse::Status::Complete(n)) => {
-                        break (plan(&state, env.conn, &client_ip, &req, log).await, n);
+                        break (plan(&state, env.conn, &client_ip, &req, log), n);
                     }
                     Ok(httparse::Status::Partial) => {}
                     // Malformed, too many headers, HTTP/2 preface: the
@@ -185,6 +186,10 @@ pub(crate) async fn serve<IO: ClientIo>(mut io: IO, mut env: Env<'_>) -> Outcome
                 Ok(_) => env.activity.on_read(),
             }
         };
+        let planned = match planned {
+            Some(p) => Box::pin(finish(&state, p)).await,
+            None => None,
+        };
         let Some(mut plan) = planned else {
             return Outcome::Handover { io, buffered: buf };
         };
@@ -209,13 +214,7 @@ pub(crate) async fn serve<IO: ClientIo>(mut io: IO, mut env: Env<'_>) -> Outcome
             close: plan.close || draining,
         };
         let mut upstream_time = None;
-        let job = std::mem::replace(
-            &mut plan.job,
-            Job::Static {
-                route: 0,
-                req: http::Request::new(()),
-            },
-        );
+        let job = std::mem::replace(&mut plan.job, Job::Health);
         let exchanged = match job {
             Job::Proxy {
                 upstream,
@@ -223,7 +222,9 @@ pub(crate) async fn serve<IO: ClientIo>(mut io: IO, mut env: Env<'_>) -> Outcome
                 head,
                 ..
             } => {
-                exchange(
+                // Boxed: the exchange's state is large, and an idle
+                // connection should not carry it.
+                Box::pin(exchange(
                     &mut io,
                     &upstream,
                     server,
@@ -233,11 +234,11 @@ pub(crate) async fn serve<IO: ClientIo>(mut io: IO, mut env: Env<'_>) -> Outcome
                     body_rest,
                     &reply,
                     &mut upstream_time,
-                )
+                ))
                 .await
             }
             Job::Static { route, req } => {
-                let resp = state.serve_static_fast(route, req).await;
+                let resp = Box::pin(state.serve_static_fast(route, *req)).await;
                 Err(Answer::Local(resp))
             }
             Job::Health => Err(Answer::Local(crate::handler::health())),
@@ -260,7 +261,8 @@ pub(crate) async fn serve<IO: ClientIo>(mut io: IO, mut env: Env<'_>) -> Outcome
                 };
                 let close = reply.close || client_body_left;
                 let reply = Reply { close, ..reply };
-                match write_response(&mut io, resp, &reply, plan.is_head).await {
+                // Boxed: static files and errors are the rarer answers here.
+                match Box::pin(write_response(&mut io, resp, &reply, plan.is_head)).await {
                     Ok((status, bytes, note)) => (status, bytes, note, !close),
                     Err(_) => (500, 0, None, false),
                 }
@@ -285,8 +287,12 @@ pub(crate) async fn serve<IO: ClientIo>(mut io: IO, mut env: Env<'_>) -> Outcome
             let _ = io.shutdown().await;
             return Outcome::Closed;
         }
-        // Keep pipelined bytes of the next request, if any.
+        // Keep pipelined bytes of the next request, if any: its head is
+        // under way, so the header timeout runs from now.
         buf.drain(..head_len + body_here);
+        if !buf.is_empty() {
+            env.activity.head_buffered();
+        }
     }
 }
 
@@ -316,21 +322,34 @@ enum Job {
     /// Serve from the static route with this index.
     Static {
         route: usize,
-        req: http::Request<()>,
+        // Boxed: it would make every plan (and each connection's state)
+        // larger.
+        req: Box<http::Request<()>>,
     },
     /// Answer the health path.
     Health,
 }
 
+/// The synchronous part of planning: the parsed head's facts, owned, so
+/// the header array is not kept across an await (it would sit in every
+/// connection's state).
+struct Planned<'s> {
+    pending: Pending<'s>,
+    /// For a static route: the request as the file server takes it.
+    static_req: Option<Box<http::Request<()>>>,
+    method: String,
+    log_path: String,
+}
+
 /// Runs the request path up to the proxy on a parsed head. `None`: this
 /// request is for the general path.
-async fn plan(
-    state: &AppState,
+fn plan<'s>(
+    state: &'s AppState,
     conn: &ConnInfo,
     client_ip: &str,
     req: &httparse::Request<'_, '_>,
     log: bool,
-) -> Option<Plan> {
+) -> Option<Planned<'s>> {
     if req.version != Some(1) {
         return None;
     }
@@ -348,7 +367,43 @@ async fn plan(
         headers: req.headers,
         peer_ip: client_ip,
     };
-    let prepared = state.prepare_fast(conn, &fast).await?;
+    let pending = state.prepare_fast(conn, &fast)?;
+    let static_req = if pending.is_static() {
+        let mut r = http::Request::new(());
+        *r.method_mut() = http::Method::from_bytes(method.as_bytes()).ok()?;
+        *r.uri_mut() = http::Uri::from(pq.clone());
+        let h = r.headers_mut();
+        for header in req.headers.iter() {
+            h.append(
+                http::HeaderName::from_bytes(header.name.as_bytes()).ok()?,
+                HeaderValue::from_bytes(header.value).ok()?,
+            );
+        }
+        Some(Box::new(r))
+    } else {
+        None
+    };
+    Some(Planned {
+        pending,
+        static_req,
+        method: method.to_string(),
+        log_path: if log {
+            pq.path().to_string()
+        } else {
+            String::new()
+        },
+    })
+}
+
+/// The asynchronous part: the token check.
+async fn finish(state: &AppState, planned: Planned<'_>) -> Option<Plan> {
+    let Planned {
+        pending,
+        static_req,
+        method,
+        log_path,
+    } = planned;
+    let prepared = state.finish_fast(pending).await?;
     let job = match prepared.job {
         FastJob::Proxy {
             upstream,
@@ -361,32 +416,19 @@ async fn plan(
             head,
             body_len,
         },
-        FastJob::Static { route } => {
-            let mut r = http::Request::new(());
-            *r.method_mut() = http::Method::from_bytes(method.as_bytes()).ok()?;
-            *r.uri_mut() = http::Uri::from(pq.clone());
-            let h = r.headers_mut();
-            for header in req.headers.iter() {
-                h.append(
-                    http::HeaderName::from_bytes(header.name.as_bytes()).ok()?,
-                    HeaderValue::from_bytes(header.value).ok()?,
-                );
-            }
-            Job::Static { route, req: r }
-        }
+        FastJob::Static { route } => Job::Static {
+            route,
+            req: static_req?,
+        },
         FastJob::Health => Job::Health,
     };
     Some(Plan {
         job,
-        method: method.to_string(),
         is_head: method == "HEAD",
+        method,
         close: prepared.close,
         request_id: prepared.request_id,
-        log_path: if log {
-            pq.path().to_string()
-        } else {
-            String::new()
-        },
+        log_path,
     })
 }
 
@@ -1135,6 +1177,8 @@ fn hex_len(mut n: usize, buf: &mut [u8; 16]) -> &[u8] {
 pub(crate) struct ChunkedScan {
     state: Chunk,
     size: u64,
+    /// The size line has at least one hex digit (RFC 9112 7.1).
+    digits: bool,
 }
 
 #[derive(Default, Clone, Copy, PartialEq, Eq, Debug)]
@@ -1197,11 +1241,12 @@ impl ChunkedScan {
                         if self.size >> 59 != 0 {
                             return Err(());
                         }
+                        self.digits = true;
                         let d = (b as char).to_digit(16).ok_or(())?;
                         self.size = self.size * 16 + u64::from(d);
                     }
-                    b';' | b' ' | b'\t' => self.state = Chunk::Ext,
-                    b'\r' => self.state = Chunk::SizeLf,
+                    b';' | b' ' | b'\t' if self.digits => self.state = Chunk::Ext,
+                    b'\r' if self.digits => self.state = Chunk::SizeLf,
                     _ => return Err(()),
                 },
                 Chunk::Ext => {
@@ -1241,6 +1286,7 @@ impl ChunkedScan {
                         return Err(());
                     }
                     self.state = Chunk::Size;
+                    self.digits = false;
                 }
                 Chunk::TrailerStart => {
                     self.state = if b == b'\r' {
@@ -1293,6 +1339,13 @@ mod tests {
 
     #[test]
     fn malformed_chunking_is_refused() {
+        assert!(
+            ChunkedScan::default().feed(b"\r\n").is_err(),
+            "a size needs a digit"
+        );
+        assert!(ChunkedScan::default()
+            .feed(b"5\r\nhello\r\n;x=1\r\n")
+            .is_err());
         assert!(ChunkedScan::default().feed(b"zz\r\n").is_err());
         assert!(ChunkedScan::default().feed(b"1\r\nab\r\n").is_err());
         assert!(ChunkedScan::default()

@@ -220,6 +220,26 @@ pub(crate) enum FastJob {
     Health,
 }
 
+/// A request the fast path may answer once its token checks out. Owns
+/// everything it needs, so no parsed header outlives the synchronous part.
+pub(crate) struct Pending<'s> {
+    prepared: Prepared,
+    auth: Option<FastAuth<'s>>,
+}
+
+impl Pending<'_> {
+    pub(crate) fn is_static(&self) -> bool {
+        matches!(self.prepared.job, FastJob::Static { .. })
+    }
+}
+
+struct FastAuth<'s> {
+    auth: &'s Authenticator,
+    /// `None`: no credentials, on an `optional` route.
+    token: Option<String>,
+    rules: &'s [crate::config::ClaimRule],
+}
+
 /// A request the fast path may answer.
 pub(crate) struct Prepared {
     pub job: FastJob,
@@ -234,11 +254,11 @@ impl AppState {
     /// else may happen (health, redirect, bad path, token route, static
     /// route, 404, 405, 401, 403, 413, preflight, upgrade, chunked or
     /// `Expect` bodies, trusted-proxy peers): the general path answers those.
-    pub(crate) async fn prepare_fast(
+    pub(crate) fn prepare_fast(
         &self,
         conn: &ConnInfo,
         req: &FastRequest<'_, '_>,
-    ) -> Option<Prepared> {
+    ) -> Option<Pending<'_>> {
         let server = &self.config.server;
         let mut host = None;
         let mut hosts = 0;
@@ -287,10 +307,13 @@ impl AppState {
         }
         // Steps 3-5: health, redirect, dot segments.
         if req.path == server.health_path {
-            return Some(Prepared {
-                job: FastJob::Health,
-                close,
-                request_id: request_id_from(client_request_id),
+            return Some(Pending {
+                prepared: Prepared {
+                    job: FastJob::Health,
+                    close,
+                    request_id: request_id_from(client_request_id),
+                },
+                auth: None,
             });
         }
         if conn.redirect_https_port.is_some() || has_dot_segment(req.path) {
@@ -320,9 +343,8 @@ impl AppState {
         if server.trusted_proxies.iter().any(|n| n.contains(&peer)) {
             return None;
         }
-        // Step 8: authenticate and authorise; any refusal goes the
-        // general way, which answers it.
-        let identity = match (&route.policy.auth, &self.auth) {
+        // Step 8, first half: the credentials (checked in `finish_fast`).
+        let auth = match (&route.policy.auth, &self.auth) {
             (AuthMode::None, _) | (_, None) => None,
             (mode, Some(auth)) => {
                 let mut values = req
@@ -338,27 +360,27 @@ impl AppState {
                     (None, _) => None,
                     (Some(_), Some(_)) => return None,
                 };
-                match token {
-                    Some(token) => {
-                        let id = auth.verify_access(token).await.ok()?;
-                        if !policy::claims_satisfy(&route.policy.require, &id.claims) {
-                            return None;
-                        }
-                        Some(id)
-                    }
-                    None if *mode == AuthMode::Optional => None,
-                    None => return None,
+                if token.is_none() && *mode != AuthMode::Optional {
+                    return None;
                 }
+                Some(FastAuth {
+                    auth,
+                    token: token.map(str::to_owned),
+                    rules: &route.policy.require,
+                })
             }
         };
         let request_id = request_id_from(client_request_id);
         let (upstream, strip_prefix) = match target {
             Target::Static(_) if content_length.unwrap_or(0) > 0 => return None,
             Target::Static(_) => {
-                return Some(Prepared {
-                    job: FastJob::Static { route: index },
-                    close,
-                    request_id,
+                return Some(Pending {
+                    prepared: Prepared {
+                        job: FastJob::Static { route: index },
+                        close,
+                        request_id,
+                    },
+                    auth,
                 })
             }
             Target::Upstream {
@@ -421,32 +443,60 @@ impl AppState {
         }
         put_header(&mut head, b"x-real-ip", req.peer_ip.as_bytes());
         put_header(&mut head, b"x-request-id", request_id.as_bytes());
-        if let Some(id) = &identity {
-            let user_id_claim = self
-                .config
-                .jwt
-                .as_ref()
-                .map_or("user_id", |j| j.user_id_claim.as_str());
-            for (name, value) in identity::build(
-                &self.config.identity,
-                &id.claims,
-                user_id_claim,
-                &id.user_id,
-            ) {
-                put_header(&mut head, name.as_str().as_bytes(), value.as_bytes());
-            }
-        }
-        head.extend_from_slice(b"\r\n");
-        Some(Prepared {
-            job: FastJob::Proxy {
-                upstream: upstream.clone(),
-                server: server_index,
-                head,
-                body_len: content_length.unwrap_or(0),
+        Some(Pending {
+            prepared: Prepared {
+                job: FastJob::Proxy {
+                    upstream: upstream.clone(),
+                    server: server_index,
+                    head,
+                    body_len: content_length.unwrap_or(0),
+                },
+                close,
+                request_id,
             },
-            close,
-            request_id,
+            auth,
         })
+    }
+
+    /// Step 8, second half, for the fast path: verifies the token and the
+    /// claim rules, and ends the upstream head with the identity headers.
+    /// `None`: refused, the general path answers.
+    pub(crate) async fn finish_fast(&self, pending: Pending<'_>) -> Option<Prepared> {
+        let Pending { mut prepared, auth } = pending;
+        let identity = match auth {
+            None => None,
+            Some(FastAuth { token: None, .. }) => None,
+            Some(FastAuth {
+                auth,
+                token: Some(token),
+                rules,
+            }) => {
+                let id = auth.verify_access(&token).await.ok()?;
+                if !policy::claims_satisfy(rules, &id.claims) {
+                    return None;
+                }
+                Some(id)
+            }
+        };
+        if let FastJob::Proxy { head, .. } = &mut prepared.job {
+            if let Some(id) = &identity {
+                let user_id_claim = self
+                    .config
+                    .jwt
+                    .as_ref()
+                    .map_or("user_id", |j| j.user_id_claim.as_str());
+                for (name, value) in identity::build(
+                    &self.config.identity,
+                    &id.claims,
+                    user_id_claim,
+                    &id.user_id,
+                ) {
+                    put_header(head, name.as_str().as_bytes(), value.as_bytes());
+                }
+            }
+            head.extend_from_slice(b"\r\n");
+        }
+        Some(prepared)
     }
 
     /// Step 9 for a static route on the fast path (`prepare_fast` said

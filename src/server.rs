@@ -388,6 +388,13 @@ impl Activity {
         }
     }
 
+    /// Bytes of the next request were already read with the last one: its
+    /// head is due within the header timeout from now.
+    pub(crate) fn head_buffered(&self) {
+        self.head_started.store(0, Ordering::Release);
+        self.on_read();
+    }
+
     pub(crate) fn request_started(&self) {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.head_started.store(0, Ordering::Release);
@@ -468,18 +475,22 @@ async fn serve_connection(
             return;
         };
         // The handshake counts against the header timeout (slowloris).
-        let tls =
-            match tokio::time::timeout(shared.header_read_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
+        let tls = match tokio::time::timeout(
+            shared.header_read_timeout,
+            Box::pin(acceptor.accept(stream)),
+        )
+        .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        };
         // HTTP/2 goes to hyper; HTTP/1.1 starts on the fast path.
         if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
             let io = Tracked {
@@ -487,9 +498,9 @@ async fn serve_connection(
                 activity: activity.clone(),
             };
             let watchdog = Watchdog::start(&activity, &shared);
-            drive(io, shared, conn_info, activity, shutdown, watchdog).await;
+            Box::pin(drive(io, shared, conn_info, activity, shutdown, watchdog)).await;
         } else {
-            drive_h1(tls, shared, conn_info, activity, shutdown).await;
+            Box::pin(drive_h1(tls, shared, conn_info, activity, shutdown)).await;
         }
     } else {
         drive_h1(stream, shared, conn_info, activity, shutdown).await;
@@ -526,14 +537,16 @@ async fn drive_h1<IO: h1::ClientIo>(
             inner: Prefixed::new(io, buffered),
             activity: activity.clone(),
         };
-        drive(
+        // Boxed: hyper's connection state is large, and only connections
+        // handed over need it.
+        Box::pin(drive(
             io,
             shared.clone(),
             conn_info.clone(),
             activity.clone(),
             shutdown,
             watchdog,
-        )
+        ))
         .await;
     }
 }

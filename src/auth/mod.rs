@@ -211,7 +211,7 @@ impl Authenticator {
                 let (key, generation) = match r.key(kid) {
                     Some(k) => (k, seen),
                     // A rotated-in key: refetch once (rate limited) and look again.
-                    None if r.refetch_for_unknown_kid(seen).await => {
+                    None if Box::pin(r.refetch_for_unknown_kid(seen)).await => {
                         let generation = r.generation();
                         let k = r
                             .key(kid)

@@ -70,13 +70,18 @@ pub async fn send(
                 })
             }
             Ok(Ok(Some((resp, buf, decoder, reusable)))) => {
-                let body = PooledBody {
+                let mut body = PooledBody {
                     conn: Some(taken.stream),
                     buf,
                     decoder,
                     reusable,
                     pool: pool.clone(),
                 };
+                if matches!(body.decoder, Decoder::Done) {
+                    // No body (HEAD, 204, 304, length 0): the connection
+                    // is free now.
+                    body.finish();
+                }
                 return Ok(resp.map(|()| {
                     use http_body_util::BodyExt;
                     body.boxed_unsync()
