@@ -63,10 +63,30 @@ pub struct StaticFiles {
     fallback: Option<String>,
     precompressed: bool,
     hot: HotCache,
+    /// Large files served whole before, kept open.
+    open_files: Mutex<HashMap<(String, u8), Arc<OpenFile>>>,
+}
+
+/// Open large files kept at most; past it, the cache starts over.
+const OPEN_MAX: usize = 1024;
+
+/// A large file kept open, with its ready-made headers.
+struct OpenFile {
+    file: Arc<std::fs::File>,
+    /// The canonical path it was opened from, checked on each hit.
+    source: PathBuf,
+    len: u64,
+    mtime: std::time::SystemTime,
+    etag_base: String,
+    etag: HeaderValue,
+    content_type: HeaderValue,
+    last_modified: Option<HeaderValue>,
 }
 
 /// Files up to this size are kept in memory once served.
 const HOT_MAX_FILE: u64 = 256 * 1024;
+/// Hot files at least this large are also kept open for `sendfile(2)`.
+const SENDFILE_MIN: u64 = 32 * 1024;
 /// The hot cache's bound; past it, it starts over.
 const HOT_MAX_BYTES: usize = 64 * 1024 * 1024;
 
@@ -84,6 +104,10 @@ struct HotEntries {
 /// A small file held in memory, with its ready-made headers.
 struct HotFile {
     body: Bytes,
+    /// The file kept open (files of `SENDFILE_MIN` bytes and more), so a
+    /// plain TCP connection can send it with `sendfile(2)` rather than copy
+    /// the bytes: nginx's open_file_cache.
+    open: Option<Arc<std::fs::File>>,
     /// The file the body came from (the `.br`/`.gz` sibling when encoded).
     source: PathBuf,
     len: u64,
@@ -116,6 +140,7 @@ impl StaticFiles {
             fallback: route.fallback.clone(),
             precompressed: route.precompressed,
             hot: HotCache::default(),
+            open_files: Mutex::new(HashMap::new()),
         })
     }
 
@@ -193,7 +218,14 @@ impl StaticFiles {
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(file.body.len()));
             r
         } else {
-            Response::new(crate::response::full(file.body.clone()))
+            let mut r = Response::new(crate::response::full(file.body.clone()));
+            if let Some(open) = &file.open {
+                r.extensions_mut().insert(SendFile {
+                    file: open.clone(),
+                    len: file.len,
+                });
+            }
+            r
         };
         let mut resp = body;
         let rh = resp.headers_mut();
@@ -217,6 +249,7 @@ impl StaticFiles {
     fn serve_large<B>(
         &self,
         req: &Request<B>,
+        rel: &str,
         canonical: &Path,
         opened: &Path,
         meta: &std::fs::Metadata,
@@ -240,9 +273,39 @@ impl StaticFiles {
             return None;
         }
         // SECURITY: open the canonical path the containment check approved.
-        let file = Arc::new(std::fs::File::open(canonical).ok()?);
-        let len = file.metadata().ok()?.len();
-        let mut resp = if req.method() == Method::HEAD {
+        let file = std::fs::File::open(canonical).ok()?;
+        let fmeta = file.metadata().ok()?;
+        let mime = mime_guess::from_path(opened)
+            .first_raw()
+            .unwrap_or("application/octet-stream");
+        let open = Arc::new(OpenFile {
+            file: Arc::new(file),
+            source: canonical.to_path_buf(),
+            len: fmeta.len(),
+            mtime: fmeta.modified().ok()?,
+            etag_base: etag.to_string(),
+            etag: HeaderValue::from_str(&etag_for(etag, None)).ok()?,
+            content_type: HeaderValue::from_static(mime),
+            last_modified: meta
+                .modified()
+                .ok()
+                .and_then(|m| HeaderValue::from_str(&httpdate::fmt_http_date(m)).ok()),
+        });
+        let resp = self.open_response(req.method() == Method::HEAD, &open);
+        if let Ok(mut cache) = self.open_files.lock() {
+            if cache.len() >= OPEN_MAX {
+                cache.clear();
+            }
+            cache.insert((rel.to_string(), self.encoding_key(h)), open);
+        }
+        Some(resp)
+    }
+
+    /// A large file's whole response, read with `pread` as it is sent (or
+    /// sent with `sendfile(2)` by the fast path).
+    fn open_response(&self, head: bool, open: &OpenFile) -> Response<Body> {
+        let len = open.len;
+        let mut resp = if head {
             let mut r = Response::new(crate::response::empty());
             r.headers_mut()
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
@@ -250,31 +313,68 @@ impl StaticFiles {
         } else {
             let mut r = Response::new(
                 FileBody {
-                    file: file.clone(),
+                    file: open.file.clone(),
+                    offset: 0,
                     remaining: len,
                     yield_next: false,
                 }
                 .boxed_unsync(),
             );
-            r.extensions_mut().insert(SendFile { file, len });
+            r.extensions_mut().insert(SendFile {
+                file: open.file.clone(),
+                len,
+            });
             r
         };
         let rh = resp.headers_mut();
-        let mime = mime_guess::from_path(opened)
-            .first_raw()
-            .unwrap_or("application/octet-stream");
-        rh.insert(header::CONTENT_TYPE, HeaderValue::from_static(mime));
+        rh.insert(header::CONTENT_TYPE, open.content_type.clone());
         rh.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-        if let Ok(m) = meta.modified() {
-            if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(m)) {
-                rh.insert(header::LAST_MODIFIED, v);
+        if let Some(lm) = &open.last_modified {
+            rh.insert(header::LAST_MODIFIED, lm.clone());
+        }
+        rh.insert(header::ETAG, open.etag.clone());
+        self.common_headers(rh);
+        resp
+    }
+
+    /// A large file served before, from its open descriptor, after one
+    /// `stat` shows the file unchanged (nginx's open_file_cache): no path
+    /// resolution through the blocking pool.
+    fn serve_open<B>(&self, req: &Request<B>, key: &(String, u8)) -> Option<Response<Body>> {
+        let h = req.headers();
+        if h.contains_key(header::RANGE)
+            || h.contains_key(header::IF_RANGE)
+            || h.contains_key(header::IF_MODIFIED_SINCE)
+            || h.contains_key(header::IF_UNMODIFIED_SINCE)
+        {
+            return None;
+        }
+        let open = self.open_files.lock().ok()?.get(key).cloned()?;
+        let fresh = std::fs::metadata(&open.source)
+            .ok()
+            .is_some_and(|m| m.len() == open.len && m.modified().ok() == Some(open.mtime));
+        if !fresh {
+            if let Ok(mut cache) = self.open_files.lock() {
+                cache.remove(key);
+            }
+            return None;
+        }
+        if let Some(inm) = h.get(header::IF_NONE_MATCH) {
+            if let Some(matched) = if_none_match_hits(inm, &open.etag_base) {
+                let mut resp = Response::new(crate::response::empty());
+                *resp.status_mut() = StatusCode::NOT_MODIFIED;
+                let rh = resp.headers_mut();
+                if let Ok(v) = HeaderValue::from_str(&matched) {
+                    rh.insert(header::ETAG, v);
+                }
+                if let Some(lm) = &open.last_modified {
+                    rh.insert(header::LAST_MODIFIED, lm.clone());
+                }
+                self.common_headers(rh);
+                return Some(resp);
             }
         }
-        if let Ok(v) = HeaderValue::from_str(&etag_for(etag, None)) {
-            rh.insert(header::ETAG, v);
-        }
-        self.common_headers(rh);
-        Some(resp)
+        Some(self.open_response(req.method() == Method::HEAD, &open))
     }
 
     /// Keeps a small file that was just served whole, for next time.
@@ -305,12 +405,27 @@ impl StaticFiles {
         if data.len() as u64 != meta.len() {
             return;
         }
+        // The open file must hold what `data` holds: same size and mtime.
+        let open = if meta.len() >= SENDFILE_MIN {
+            let Ok(f) = std::fs::File::open(&source) else {
+                return;
+            };
+            match f.metadata() {
+                Ok(m) if m.len() == meta.len() && m.modified().ok() == Some(mtime) => {
+                    Some(Arc::new(f))
+                }
+                _ => return,
+            }
+        } else {
+            None
+        };
         // The ETag base is the plain file's (shared by all representations).
         let Ok(plain_meta) = tokio::fs::metadata(opened).await else {
             return;
         };
         let file = Arc::new(HotFile {
             body: Bytes::from(data),
+            open,
             source,
             len: meta.len(),
             mtime,
@@ -354,6 +469,9 @@ impl StaticFiles {
         if let Some(resp) = self.serve_hot(&req, &hot_key) {
             return Ok(resp);
         }
+        if let Some(resp) = self.serve_open(&req, &hot_key) {
+            return Ok(resp);
+        }
         let cacheable = req.method() == Method::GET
             && !req.headers().contains_key(header::RANGE)
             && !req.headers().contains_key(header::IF_MODIFIED_SINCE)
@@ -388,7 +506,7 @@ impl StaticFiles {
         }
 
         if !used_fallback && !rel_is_dir {
-            if let Some(resp) = self.serve_large(&req, &file, &opened, &meta, &etag) {
+            if let Some(resp) = self.serve_large(&req, &rel, &file, &opened, &meta, &etag) {
                 return Ok(resp);
             }
         }
@@ -559,7 +677,6 @@ impl StaticFiles {
 /// Read size for large files.
 const FILE_CHUNK: u64 = 256 * 1024;
 
-/// A file streamed in `FILE_CHUNK` pieces, read as hyper asks for them.
 /// Set on a whole large file's response: the open file, so that a plain
 /// TCP connection can send it with `sendfile(2)` instead of the body's
 /// reads and copies (`crate::h1`). The body reads the same file.
@@ -569,8 +686,12 @@ pub struct SendFile {
     pub len: u64,
 }
 
+/// A file streamed in `FILE_CHUNK` pieces, read as hyper asks for them,
+/// each at its own offset (the descriptor is shared by concurrent
+/// responses).
 struct FileBody {
     file: Arc<std::fs::File>,
+    offset: u64,
     remaining: u64,
     /// Set after a piece was handed out: the next poll yields once, so one
     /// connection cannot send a whole large file while others wait (the
@@ -586,7 +707,7 @@ impl http_body::Body for FileBody {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
-        use std::io::Read;
+        use std::os::unix::fs::FileExt;
         use std::task::Poll;
         if self.remaining == 0 {
             return Poll::Ready(None);
@@ -598,11 +719,12 @@ impl http_body::Body for FileBody {
         }
         let want = usize::try_from(self.remaining.min(FILE_CHUNK)).unwrap_or(64 * 1024);
         let mut buf = vec![0u8; want];
-        match (&*self.file).read(&mut buf) {
+        match self.file.read_at(&mut buf, self.offset) {
             // Shorter than its metadata said: the file was cut while sent.
             Ok(0) => Poll::Ready(Some(Err("static file shrank while being sent".into()))),
             Ok(n) => {
                 buf.truncate(n);
+                self.offset += n as u64;
                 self.remaining -= n as u64;
                 self.yield_next = true;
                 Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from(buf)))))
