@@ -10,11 +10,13 @@
 //! no per-request tasks or channels, and no buffers kept while the
 //! connection idles.
 //!
-//! Anything else (static files, token routes, health, redirects, requests
-//! that will be refused, chunked or `Expect` uploads, upgrades, HTTP/1.0,
-//! HTTP/2, trusted-proxy peers, heads over the buffer) is not handled
-//! here: the connection, with the bytes read so far, is handed to hyper
-//! and the general path (`handler::handle`) for the rest of its life.
+//! Static routes (the same file server; whole files with `sendfile(2)` on
+//! plain TCP) and the health path are answered here too. Anything else
+//! (token routes, redirects, requests that will be refused, chunked or
+//! `Expect` uploads, upgrades, HTTP/1.0, HTTP/2, heads over the buffer) is
+//! not handled here: the connection, with the bytes read so far, is handed
+//! to hyper and the general path (`handler::handle`) for the rest of its
+//! life.
 //! A request is handed over before anything about it has been sent, so
 //! both paths answer it the same way.
 

@@ -253,7 +253,7 @@ impl AppState {
     /// same order, for requests that end at the proxy. `None` when anything
     /// else may happen (health, redirect, bad path, token route, static
     /// route, 404, 405, 401, 403, 413, preflight, upgrade, chunked or
-    /// `Expect` bodies, trusted-proxy peers): the general path answers those.
+    /// `Expect` bodies): the general path answers those.
     pub(crate) fn prepare_fast(
         &self,
         conn: &ConnInfo,
@@ -340,9 +340,9 @@ impl AppState {
             return None;
         }
         let peer = conn.peer.ip().to_canonical();
-        if server.trusted_proxies.iter().any(|n| n.contains(&peer)) {
-            return None;
-        }
+        // A trusted proxy's X-Forwarded-* values are believed (as
+        // `proxy::headers::set_forwarded` does).
+        let trusted = server.trusted_proxies.iter().any(|n| n.contains(&peer));
         // Step 8, first half: the credentials (checked in `finish_fast`).
         let auth = match (&route.policy.auth, &self.auth) {
             (AuthMode::None, _) | (_, None) => None,
@@ -411,37 +411,82 @@ impl AppState {
         put_header(&mut head, b"host", up_host);
         let named = crate::h1::connection_named(req.headers);
         let forward_token = self.config.identity.forward_token;
+        let mut prior_xff: Vec<&str> = Vec::new();
+        let (mut kept_proto, mut kept_host, mut kept_real_ip) = (false, false, false);
         for h in req.headers {
             let n = h.name;
             if crate::h1::is_hop_by_hop(n)
-                || [
-                    "host",
-                    "x-forwarded-for",
-                    "x-forwarded-proto",
-                    "x-forwarded-host",
-                    "x-real-ip",
-                    "x-request-id",
-                ]
-                .iter()
-                .any(|s| s.eq_ignore_ascii_case(n))
+                || named.iter().any(|c| c.eq_ignore_ascii_case(n.as_bytes()))
+            {
+                continue;
+            }
+            if trusted {
+                if n.eq_ignore_ascii_case("x-forwarded-for") {
+                    let visible = h
+                        .value
+                        .iter()
+                        .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b));
+                    if let (true, Ok(v)) = (visible, std::str::from_utf8(h.value)) {
+                        let v = v.trim();
+                        if !v.is_empty() {
+                            prior_xff.push(v);
+                        }
+                    }
+                    continue;
+                }
+                let kept = if n.eq_ignore_ascii_case("x-forwarded-proto") {
+                    Some(&mut kept_proto)
+                } else if n.eq_ignore_ascii_case("x-forwarded-host") {
+                    Some(&mut kept_host)
+                } else if n.eq_ignore_ascii_case("x-real-ip") {
+                    Some(&mut kept_real_ip)
+                } else {
+                    None
+                };
+                if let Some(kept) = kept {
+                    *kept = true;
+                    put_header(&mut head, n.as_bytes(), h.value);
+                    continue;
+                }
+            }
+            if [
+                "host",
+                "x-forwarded-for",
+                "x-forwarded-proto",
+                "x-forwarded-host",
+                "x-real-ip",
+                "x-request-id",
+            ]
+            .iter()
+            .any(|s| s.eq_ignore_ascii_case(n))
                 || (!forward_token && n.eq_ignore_ascii_case("authorization"))
                 || self.strip.matches(n)
-                || named.iter().any(|c| c.eq_ignore_ascii_case(n.as_bytes()))
             {
                 continue;
             }
             put_header(&mut head, n.as_bytes(), h.value);
         }
-        put_header(&mut head, b"x-forwarded-for", req.peer_ip.as_bytes());
-        put_header(
-            &mut head,
-            b"x-forwarded-proto",
-            if conn.tls { b"https" } else { b"http" },
-        );
-        if let Some(h) = host {
-            put_header(&mut head, b"x-forwarded-host", h);
+        if prior_xff.is_empty() {
+            put_header(&mut head, b"x-forwarded-for", req.peer_ip.as_bytes());
+        } else {
+            let chain = format!("{}, {}", prior_xff.join(", "), req.peer_ip);
+            put_header(&mut head, b"x-forwarded-for", chain.as_bytes());
         }
-        put_header(&mut head, b"x-real-ip", req.peer_ip.as_bytes());
+        if !kept_proto {
+            put_header(
+                &mut head,
+                b"x-forwarded-proto",
+                if conn.tls { b"https" } else { b"http" },
+            );
+        }
+        if !kept_host {
+            if let Some(h) = host {
+                put_header(&mut head, b"x-forwarded-host", h);
+            }
+        }
+        if !kept_real_ip {
+            put_header(&mut head, b"x-real-ip", req.peer_ip.as_bytes());
+        }
         put_header(&mut head, b"x-request-id", request_id.as_bytes());
         Some(Pending {
             prepared: Prepared {
