@@ -34,7 +34,6 @@ use tokio::sync::watch;
 
 use crate::handler::{AppState, ConnInfo, FastJob, FastRequest, Pending};
 use crate::proxy::client::Stream;
-use crate::proxy::upstream::Server;
 use crate::proxy::{ProxyError, Upstream};
 use crate::response::{self, ErrorNote, GatewayError};
 use crate::server::Activity;
@@ -629,17 +628,13 @@ async fn exchange<IO: ClientIo>(
         reusable = false;
     }
     if reusable && body.done && !matches!(body.framing, Framing::UntilClose) {
-        server_put(server, stream);
+        server.pool.put(stream);
     }
     Ok(Done {
         status: head.status,
         bytes: body.sent,
         client_ok,
     })
-}
-
-fn server_put(server: &Server, stream: Stream) {
-    server.pool.put(stream);
 }
 
 fn upstream_err(name: &str, e: io::Error) -> ProxyError {
@@ -805,40 +800,13 @@ fn parse_response(
     if (100..200).contains(&status) {
         return Ok(Some(head));
     }
-    let mut content_length = None;
-    let mut chunked = false;
-    let mut has_date = false;
-    for h in resp.headers.iter() {
-        let n = h.name;
-        if n.eq_ignore_ascii_case("content-length") {
-            let v = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or_else(|| bad("invalid content-length"))?;
-            if content_length.is_some_and(|c| c != v) {
-                return Err(bad("conflicting content-length"));
-            }
-            content_length = Some(v);
-        } else if n.eq_ignore_ascii_case("transfer-encoding") {
-            // Chunked only counts as the last coding; anything else is
-            // read until close (RFC 9112 6.3).
-            chunked = last_token(h.value).eq_ignore_ascii_case(b"chunked");
-            if !chunked {
-                head.keep_alive = false;
-            }
-        } else if n.eq_ignore_ascii_case("connection") {
-            for t in tokens(h.value) {
-                if t.eq_ignore_ascii_case(b"close") {
-                    head.keep_alive = false;
-                } else if t.eq_ignore_ascii_case(b"keep-alive") && resp.version == Some(0) {
-                    head.keep_alive = true;
-                }
-            }
-        } else if n.eq_ignore_ascii_case("date") {
-            has_date = true;
-        }
-    }
-    // Transfer-Encoding wins over Content-Length (RFC 9112 6.3).
+    let BodyFacts {
+        content_length,
+        chunked,
+        keep_alive,
+        has_date,
+    } = body_facts(resp.version, resp.headers)?;
+    head.keep_alive = keep_alive;
     head.framing = if is_head || status == 204 || status == 304 {
         Framing::Empty
     } else if chunked {
@@ -870,6 +838,63 @@ fn parse_response(
     }
     finish_head(out, reply, has_date);
     Ok(Some(head))
+}
+
+/// What a response head says about its body and its connection.
+pub(crate) struct BodyFacts {
+    /// `None` also when chunked: Transfer-Encoding wins (RFC 9112 6.3).
+    pub content_length: Option<u64>,
+    pub chunked: bool,
+    pub keep_alive: bool,
+    pub has_date: bool,
+}
+
+/// Reads the framing headers of a response head: conflicting lengths are
+/// an error; chunked only counts as the last coding, and any other coding
+/// is read until close (RFC 9112 6.3).
+pub(crate) fn body_facts(
+    version: Option<u8>,
+    headers: &[httparse::Header<'_>],
+) -> io::Result<BodyFacts> {
+    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
+    let mut facts = BodyFacts {
+        content_length: None,
+        chunked: false,
+        keep_alive: version == Some(1),
+        has_date: false,
+    };
+    for h in headers {
+        let n = h.name;
+        if n.eq_ignore_ascii_case("content-length") {
+            let v = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| bad("invalid content-length"))?;
+            if facts.content_length.is_some_and(|c| c != v) {
+                return Err(bad("conflicting content-length"));
+            }
+            facts.content_length = Some(v);
+        } else if n.eq_ignore_ascii_case("transfer-encoding") {
+            facts.chunked = last_token(h.value).eq_ignore_ascii_case(b"chunked");
+            if !facts.chunked {
+                facts.keep_alive = false;
+            }
+        } else if n.eq_ignore_ascii_case("connection") {
+            for t in tokens(h.value) {
+                if t.eq_ignore_ascii_case(b"close") {
+                    facts.keep_alive = false;
+                } else if t.eq_ignore_ascii_case(b"keep-alive") && version == Some(0) {
+                    facts.keep_alive = true;
+                }
+            }
+        } else if n.eq_ignore_ascii_case("date") {
+            facts.has_date = true;
+        }
+    }
+    if facts.chunked {
+        facts.content_length = None;
+    }
+    Ok(facts)
 }
 
 fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
@@ -936,21 +961,11 @@ pub(crate) fn connection_named<'h>(headers: &[httparse::Header<'h>]) -> Vec<&'h 
     named
 }
 
-/// RFC 9110 7.6.1 hop-by-hop headers, as `proxy::headers` removes them.
+/// Hop-by-hop headers, as `proxy::headers` removes them.
 pub(crate) fn is_hop_by_hop(name: &str) -> bool {
-    [
-        "connection",
-        "keep-alive",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-    ]
-    .iter()
-    .any(|h| h.eq_ignore_ascii_case(name))
+    crate::proxy::headers::HOP_BY_HOP
+        .iter()
+        .any(|h| h.eq_ignore_ascii_case(name))
 }
 
 /// Writes a response the gateway made itself (a static file or an

@@ -493,10 +493,7 @@ async fn serve_connection(
         };
         // HTTP/2 goes to hyper; HTTP/1.1 starts on the fast path.
         if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-            let io = Tracked {
-                inner: Prefixed::new(tls, Vec::new()),
-                activity: activity.clone(),
-            };
+            let io = Tracked::new(tls, activity.clone(), Vec::new());
             let watchdog = Watchdog::start(&activity, &shared);
             Box::pin(drive(io, shared, conn_info, activity, shutdown, watchdog)).await;
         } else {
@@ -533,10 +530,7 @@ async fn drive_h1<IO: h1::ClientIo>(
         }
     };
     if let h1::Outcome::Handover { io, buffered } = outcome {
-        let io = Tracked {
-            inner: Prefixed::new(io, buffered),
-            activity: activity.clone(),
-        };
+        let io = Tracked::new(io, activity.clone(), buffered);
         // Boxed: hyper's connection state is large, and only connections
         // handed over need it.
         Box::pin(drive(
@@ -573,70 +567,6 @@ impl Watchdog {
 impl Drop for Watchdog {
     fn drop(&mut self) {
         self.0.abort();
-    }
-}
-
-/// An IO that first yields bytes already read from it.
-struct Prefixed<IO> {
-    prefix: Vec<u8>,
-    at: usize,
-    inner: IO,
-}
-
-impl<IO> Prefixed<IO> {
-    fn new(inner: IO, prefix: Vec<u8>) -> Self {
-        Prefixed {
-            prefix,
-            at: 0,
-            inner,
-        }
-    }
-}
-
-impl<IO: AsyncRead + Unpin> AsyncRead for Prefixed<IO> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.at < this.prefix.len() {
-            let n = (this.prefix.len() - this.at).min(buf.remaining());
-            buf.put_slice(&this.prefix[this.at..this.at + n]);
-            this.at += n;
-            if this.at == this.prefix.len() {
-                this.prefix = Vec::new();
-                this.at = 0;
-            }
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
-    }
-}
-
-impl<IO: AsyncWrite + Unpin> AsyncWrite for Prefixed<IO> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 
@@ -703,6 +633,21 @@ async fn drive<IO>(
 struct Tracked<IO> {
     inner: IO,
     activity: Arc<Activity>,
+    /// Bytes the fast path read before handing the connection over: read
+    /// first.
+    prefix: Vec<u8>,
+    at: usize,
+}
+
+impl<IO> Tracked<IO> {
+    fn new(inner: IO, activity: Arc<Activity>, prefix: Vec<u8>) -> Self {
+        Tracked {
+            inner,
+            activity,
+            prefix,
+            at: 0,
+        }
+    }
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Tracked<IO> {
@@ -712,6 +657,17 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Tracked<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.at < this.prefix.len() {
+            let n = (this.prefix.len() - this.at).min(buf.remaining());
+            buf.put_slice(&this.prefix[this.at..this.at + n]);
+            this.at += n;
+            if this.at == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.at = 0;
+            }
+            this.activity.on_read();
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
         if buf.filled().len() > before {

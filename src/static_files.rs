@@ -185,10 +185,7 @@ impl StaticFiles {
         let file = self.hot.entries.lock().ok()?.map.get(key).cloned()?;
         // One stat on the runtime thread: cheap for a cached inode, far
         // cheaper than the blocking-pool round trips of the full path.
-        let fresh = std::fs::metadata(&file.source)
-            .ok()
-            .is_some_and(|m| m.len() == file.len && m.modified().ok() == Some(file.mtime));
-        if !fresh {
+        if !unchanged(&file.source, file.len, file.mtime) {
             if let Ok(mut e) = self.hot.entries.lock() {
                 if let Some(old) = e.map.remove(key) {
                     e.bytes = e.bytes.saturating_sub(old.body.len());
@@ -198,17 +195,7 @@ impl StaticFiles {
         }
         if let Some(inm) = h.get(header::IF_NONE_MATCH) {
             if let Some(matched) = if_none_match_hits(inm, &file.etag_base) {
-                let mut resp = Response::new(crate::response::empty());
-                *resp.status_mut() = StatusCode::NOT_MODIFIED;
-                let rh = resp.headers_mut();
-                if let Ok(v) = HeaderValue::from_str(&matched) {
-                    rh.insert(header::ETAG, v);
-                }
-                if let Some(lm) = &file.last_modified {
-                    rh.insert(header::LAST_MODIFIED, lm.clone());
-                }
-                self.common_headers(rh);
-                return Some(resp);
+                return Some(self.not_modified_with(&matched, file.last_modified.clone()));
             }
         }
         let body = if req.method() == Method::HEAD {
@@ -350,10 +337,7 @@ impl StaticFiles {
             return None;
         }
         let open = self.open_files.lock().ok()?.get(key).cloned()?;
-        let fresh = std::fs::metadata(&open.source)
-            .ok()
-            .is_some_and(|m| m.len() == open.len && m.modified().ok() == Some(open.mtime));
-        if !fresh {
+        if !unchanged(&open.source, open.len, open.mtime) {
             if let Ok(mut cache) = self.open_files.lock() {
                 cache.remove(key);
             }
@@ -361,17 +345,7 @@ impl StaticFiles {
         }
         if let Some(inm) = h.get(header::IF_NONE_MATCH) {
             if let Some(matched) = if_none_match_hits(inm, &open.etag_base) {
-                let mut resp = Response::new(crate::response::empty());
-                *resp.status_mut() = StatusCode::NOT_MODIFIED;
-                let rh = resp.headers_mut();
-                if let Ok(v) = HeaderValue::from_str(&matched) {
-                    rh.insert(header::ETAG, v);
-                }
-                if let Some(lm) = &open.last_modified {
-                    rh.insert(header::LAST_MODIFIED, lm.clone());
-                }
-                self.common_headers(rh);
-                return Some(resp);
+                return Some(self.not_modified_with(&matched, open.last_modified.clone()));
             }
         }
         Some(self.open_response(req.method() == Method::HEAD, &open))
@@ -619,16 +593,22 @@ impl StaticFiles {
     /// 304 carrying `etag`, the (strong, quoted) tag of the representation
     /// the client showed, so a cache keeps the tag of what it stored.
     fn not_modified(&self, etag: &str, meta: &std::fs::Metadata) -> Response<Body> {
+        let last_modified = meta
+            .modified()
+            .ok()
+            .and_then(|m| HeaderValue::from_str(&httpdate::fmt_http_date(m)).ok());
+        self.not_modified_with(etag, last_modified)
+    }
+
+    fn not_modified_with(&self, etag: &str, last_modified: Option<HeaderValue>) -> Response<Body> {
         let mut resp = Response::new(crate::response::empty());
         *resp.status_mut() = StatusCode::NOT_MODIFIED;
         let h = resp.headers_mut();
         if let Ok(v) = HeaderValue::from_str(etag) {
             h.insert(header::ETAG, v);
         }
-        if let Ok(m) = meta.modified() {
-            if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(m)) {
-                h.insert(header::LAST_MODIFIED, v);
-            }
+        if let Some(lm) = last_modified {
+            h.insert(header::LAST_MODIFIED, lm);
         }
         self.common_headers(h);
         resp
@@ -672,6 +652,14 @@ impl StaticFiles {
         }
         meta.is_file().then(|| (canonical, candidate.to_path_buf()))
     }
+}
+
+/// One `stat`: the file at `path` still has this size and mtime (a cached
+/// copy or descriptor is still good).
+fn unchanged(path: &Path, len: u64, mtime: std::time::SystemTime) -> bool {
+    std::fs::metadata(path)
+        .ok()
+        .is_some_and(|m| m.len() == len && m.modified().ok() == Some(mtime))
 }
 
 /// Read size for large files.

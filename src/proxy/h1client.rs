@@ -196,52 +196,21 @@ fn parse(buf: &[u8], is_head: bool) -> io::Result<Option<(usize, Parsed)>> {
         return Ok(Some((len, None)));
     }
     let status = StatusCode::from_u16(code).map_err(|e| bad(e.to_string()))?;
+    let facts = crate::h1::body_facts(resp.version, resp.headers)?;
+    let mut reusable = facts.keep_alive;
     let mut map = HeaderMap::with_capacity(resp.headers.len());
-    let mut content_length = None;
-    let mut chunked = false;
-    let mut reusable = resp.version == Some(1);
     for h in resp.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|e| bad(e.to_string()))?;
         let value = HeaderValue::from_bytes(h.value).map_err(|e| bad(e.to_string()))?;
-        if name == http::header::CONTENT_LENGTH {
-            let n = value
-                .to_str()
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or_else(|| bad("invalid content-length".into()))?;
-            if content_length.is_some_and(|c| c != n) {
-                return Err(bad("conflicting content-length".into()));
-            }
-            content_length = Some(n);
-        } else if name == http::header::TRANSFER_ENCODING {
-            chunked = value
-                .as_bytes()
-                .rsplit(|b| *b == b',')
-                .next()
-                .map(<[u8]>::trim_ascii)
-                .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
-            if !chunked {
-                reusable = false;
-            }
-        } else if name == http::header::CONNECTION {
-            for t in value.as_bytes().split(|b| *b == b',') {
-                let t = t.trim_ascii();
-                if t.eq_ignore_ascii_case(b"close") {
-                    reusable = false;
-                } else if t.eq_ignore_ascii_case(b"keep-alive") && resp.version == Some(0) {
-                    reusable = true;
-                }
-            }
-        }
         map.append(name, value);
     }
     let decoder = if is_head || code == 204 || code == 304 {
         Decoder::Done
-    } else if chunked {
+    } else if facts.chunked {
         // Transfer-Encoding wins over Content-Length (RFC 9112 6.3).
         map.remove(http::header::CONTENT_LENGTH);
         Decoder::Chunked(ChunkedScan::default())
-    } else if let Some(n) = content_length {
+    } else if let Some(n) = facts.content_length {
         if n == 0 {
             Decoder::Done
         } else {

@@ -8,8 +8,6 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Headers that describe one connection, never the message, plus any the
 /// Connection header names. Removed in both directions.
@@ -26,20 +24,24 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in [
-        &header::CONNECTION,
-        &KEEP_ALIVE,
-        &header::TE,
-        &header::TRAILER,
-        &header::TRANSFER_ENCODING,
-        &header::UPGRADE,
-        &PROXY_CONNECTION,
-        &header::PROXY_AUTHENTICATE,
-        &header::PROXY_AUTHORIZATION,
-    ] {
+    for name in HOP_BY_HOP {
         headers.remove(name);
     }
 }
+
+/// The hop-by-hop headers of RFC 9110 7.6.1 (and Proxy-Connection), which
+/// every path removes in both directions.
+pub const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
 
 /// The `Upgrade` value when this is an HTTP/1.1 upgrade request
 /// (`Connection: upgrade` plus `Upgrade: ...`).
