@@ -23,20 +23,22 @@
 use http::header::HeaderValue;
 use http::StatusCode;
 use http_body_util::BodyExt;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::handler::{AppState, ConnInfo, FastJob, FastRequest, Pending};
+use crate::handler::{AppState, ConnInfo, FastJob, FastRequest, Pending, Ready, RequestId};
 use crate::proxy::client::Stream;
+use crate::proxy::headers::Name;
 use crate::proxy::{ProxyError, Upstream};
 use crate::response::{self, ErrorNote, GatewayError};
-use crate::server::Activity;
+use crate::server::{now_ms, Activity};
 use crate::static_files::SendFile;
 use crate::telemetry::AccessRecord;
 
@@ -58,7 +60,7 @@ pub(crate) mod spare {
 
     /// Capacity of a pooled buffer.
     pub const SIZE: usize = 16 * 1024;
-    const KEEP: usize = 16;
+    const KEEP: usize = 256;
 
     thread_local! {
         static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
@@ -133,20 +135,27 @@ pub(crate) struct Env<'a> {
 
 /// Serves requests on `io` until it closes or a request needs the general
 /// path.
-pub(crate) async fn serve<IO: ClientIo>(mut io: IO, mut env: Env<'_>) -> Outcome<IO> {
+pub(crate) async fn serve<IO: ClientIo>(mut io: IO, env: Env<'_>) -> Outcome<IO> {
     let client_ip = env.conn.peer.ip().to_canonical().to_string();
     let mut buf: Vec<u8> = Vec::new();
+    // One wait for shutdown for the whole connection: registering a new
+    // one per request would cost more than the rest of the idle wait.
+    let mut timer = HeadTimer::default();
+    let mut stop_rx = env.shutdown.clone();
+    let stop = stop_rx.changed();
+    tokio::pin!(stop);
     loop {
         if buf.is_empty() {
             // Idle: hold no buffer while waiting for the next request.
             spare::give(std::mem::take(&mut buf));
             tokio::select! {
+                biased;
                 r = poll_fn(|cx| io.poll_readable(cx)) => {
                     if r.is_err() {
                         return Outcome::Closed;
                     }
                 }
-                _ = env.shutdown.changed() => return Outcome::Closed,
+                _ = &mut stop => return Outcome::Closed,
             }
             if *env.shutdown.borrow() {
                 return Outcome::Closed;
@@ -188,14 +197,29 @@ pub(crate) async fn serve<IO: ClientIo>(mut io: IO, mut env: Env<'_>) -> Outcome
             }
         };
         let planned = match planned {
-            Some(p) => Box::pin(finish(&state, p)).await,
+            Some(Planned {
+                pending,
+                static_req,
+                method,
+                log_path,
+            }) => match pending.ready() {
+                Ready::Now(prepared) => into_plan(prepared, static_req, method, log_path),
+                // Boxed: a token verification's state is large.
+                Ready::Verify(pending) => {
+                    Box::pin(async {
+                        let prepared = state.finish_fast(pending).await?;
+                        into_plan(prepared, static_req, method, log_path)
+                    })
+                    .await
+                }
+            },
             None => None,
         };
         let Some(mut plan) = planned else {
             return Outcome::Handover { io, buffered: buf };
         };
         env.activity.request_started();
-        let start = Instant::now();
+        let start = log.then(Instant::now);
         let body_len = match &plan.job {
             Job::Proxy { body_len, .. } => *body_len,
             Job::Static { .. } | Job::Health => 0,
@@ -234,7 +258,8 @@ pub(crate) async fn serve<IO: ClientIo>(mut io: IO, mut env: Env<'_>) -> Outcome
                     &buf[head_len..head_len + body_here],
                     body_rest,
                     &reply,
-                    &mut upstream_time,
+                    &mut timer,
+                    log.then_some(&mut upstream_time),
                 ))
                 .await
             }
@@ -269,14 +294,13 @@ pub(crate) async fn serve<IO: ClientIo>(mut io: IO, mut env: Env<'_>) -> Outcome
                 }
             }
         };
-        if log {
+        if let Some(start) = start {
             AccessRecord {
                 peer: env.conn.peer,
-                method: http::Method::from_bytes(plan.method.as_bytes())
-                    .unwrap_or(http::Method::GET),
+                method: plan.method.clone(),
                 path: plan.log_path.clone(),
                 status,
-                request_id: plan.request_id.to_str().unwrap_or("-").to_string(),
+                request_id: plan.request_id.as_str().to_string(),
                 start,
                 upstream_time,
                 error,
@@ -300,12 +324,12 @@ pub(crate) async fn serve<IO: ClientIo>(mut io: IO, mut env: Env<'_>) -> Outcome
 /// A request the fast path will answer.
 struct Plan {
     job: Job,
-    method: String,
+    method: http::Method,
     /// HEAD: the answer has no body whatever its headers say.
     is_head: bool,
     /// The client asked to close after this request.
     close: bool,
-    request_id: HeaderValue,
+    request_id: RequestId,
     /// The path for the access log (only filled when it is on).
     log_path: String,
 }
@@ -338,7 +362,7 @@ struct Planned<'s> {
     pending: Pending<'s>,
     /// For a static route: the request as the file server takes it.
     static_req: Option<Box<http::Request<()>>>,
-    method: String,
+    method: http::Method,
     log_path: String,
 }
 
@@ -359,20 +383,21 @@ fn plan<'s>(
     if method == "CONNECT" || !target.starts_with('/') {
         return None;
     }
-    // Validated as hyper would, so both paths accept the same targets.
-    let pq = http::uri::PathAndQuery::try_from(target).ok()?;
+    let (path, query) = split_target(target)?;
     let fast = FastRequest {
         method,
-        path: pq.path(),
-        query: pq.query(),
+        path,
+        query,
         headers: req.headers,
         peer_ip: client_ip,
     };
     let pending = state.prepare_fast(conn, &fast)?;
+    // Standard methods are held inline: no allocation.
+    let method = http::Method::from_bytes(method.as_bytes()).ok()?;
     let static_req = if pending.is_static() {
         let mut r = http::Request::new(());
-        *r.method_mut() = http::Method::from_bytes(method.as_bytes()).ok()?;
-        *r.uri_mut() = http::Uri::from(pq.clone());
+        *r.method_mut() = method.clone();
+        *r.uri_mut() = http::Uri::try_from(target).ok()?;
         let h = r.headers_mut();
         for header in req.headers.iter() {
             h.append(
@@ -387,24 +412,39 @@ fn plan<'s>(
     Some(Planned {
         pending,
         static_req,
-        method: method.to_string(),
-        log_path: if log {
-            pq.path().to_string()
-        } else {
-            String::new()
-        },
+        method,
+        log_path: if log { path.to_string() } else { String::new() },
     })
 }
 
-/// The asynchronous part: the token check.
-async fn finish(state: &AppState, planned: Planned<'_>) -> Option<Plan> {
-    let Planned {
-        pending,
-        static_req,
-        method,
-        log_path,
-    } = planned;
-    let prepared = state.finish_fast(pending).await?;
+/// Splits an origin-form request target into path and query when each of
+/// its bytes is one `http::uri::PathAndQuery` takes as it is (what hyper
+/// validates with), without copying it. `None` for anything else (a
+/// fragment, bytes it would refuse): the general path decides those, so
+/// both paths accept the same targets.
+fn split_target(target: &str) -> Option<(&str, Option<&str>)> {
+    let b = target.as_bytes();
+    let q = b.iter().position(|&c| c == b'?').unwrap_or(b.len());
+    let path_ok =
+        |c: u8| matches!(c, 0x21 | 0x24..=0x3B | 0x3D | 0x40..=0x5F | 0x61..=0x7A | 0x7C | 0x7E);
+    let query_ok = |c: u8| matches!(c, 0x21 | 0x24..=0x3B | 0x3D | 0x3F..=0x7E);
+    if !b[..q].iter().all(|&c| path_ok(c)) {
+        return None;
+    }
+    match target.get(q + 1..) {
+        None => Some((target, None)),
+        Some(query) if query.bytes().all(query_ok) => Some((&target[..q], Some(query))),
+        Some(_) => None,
+    }
+}
+
+/// The plan for a prepared request.
+fn into_plan(
+    prepared: crate::handler::Prepared,
+    static_req: Option<Box<http::Request<()>>>,
+    method: http::Method,
+    log_path: String,
+) -> Option<Plan> {
     let job = match prepared.job {
         FastJob::Proxy {
             upstream,
@@ -425,7 +465,7 @@ async fn finish(state: &AppState, planned: Planned<'_>) -> Option<Plan> {
     };
     Some(Plan {
         job,
-        is_head: method == "HEAD",
+        is_head: method == http::Method::HEAD,
         method,
         close: prepared.close,
         request_id: prepared.request_id,
@@ -435,7 +475,7 @@ async fn finish(state: &AppState, planned: Planned<'_>) -> Option<Plan> {
 
 /// How every response on this connection is finished.
 struct Reply<'a> {
-    request_id: &'a HeaderValue,
+    request_id: &'a RequestId,
     hsts: Option<&'a HeaderValue>,
     /// Send `connection: close` and close after the response.
     close: bool,
@@ -475,7 +515,8 @@ async fn exchange<IO: ClientIo>(
     body_here: &[u8],
     body_rest: u64,
     reply: &Reply<'_>,
-    upstream_time: &mut Option<std::time::Duration>,
+    timer: &mut HeadTimer,
+    upstream_time: Option<&mut Option<std::time::Duration>>,
 ) -> Result<Done, Answer> {
     let name = &up.config.name;
     let fail = |error: ProxyError, left: bool| {
@@ -492,7 +533,7 @@ async fn exchange<IO: ClientIo>(
     };
     let mut first = up_head;
     first.extend_from_slice(body_here);
-    let sent_at = Instant::now();
+    let sent_at = upstream_time.is_some().then(Instant::now);
     // A reused connection may have been closed by the server meanwhile: a
     // request held whole in memory is then sent again on a new one.
     let mut fresh_only = false;
@@ -528,7 +569,7 @@ async fn exchange<IO: ClientIo>(
                 .await
                 .map_err(Answer::Failed)?;
         }
-        match read_head(&mut taken.stream, up, is_head, reply, &mut out).await {
+        match read_head(&mut taken.stream, up, is_head, reply, &mut out, timer).await {
             Ok((ubuf, head)) => break (taken.stream, ubuf, head),
             Err(HeadError::Closed) if retry => {
                 fresh_only = true;
@@ -558,7 +599,9 @@ async fn exchange<IO: ClientIo>(
             }
         }
     };
-    *upstream_time = Some(sent_at.elapsed());
+    if let (Some(t), Some(at)) = (upstream_time, sent_at) {
+        *t = Some(at.elapsed());
+    }
 
     spare::give(first);
     let mut reusable = head.keep_alive;
@@ -720,8 +763,10 @@ async fn read_head(
     is_head: bool,
     reply: &Reply<'_>,
     out: &mut Vec<u8>,
+    timer: &mut HeadTimer,
 ) -> Result<(Vec<u8>, ResponseHead), HeadError> {
-    let deadline = tokio::time::Instant::now() + up.config.timeout;
+    let timeout_ms = u64::try_from(up.config.timeout.as_millis()).unwrap_or(u64::MAX);
+    let deadline = now_ms().saturating_add(timeout_ms);
     let mut ubuf = spare::take();
     let mut got_any = false;
     loop {
@@ -749,17 +794,17 @@ async fn read_head(
             }
         }
         ubuf.reserve(HEAD_READ * 4);
-        match tokio::time::timeout_at(deadline, stream.read_buf(&mut ubuf)).await {
-            Err(_) => return Err(HeadError::Timeout),
-            Ok(Ok(0)) if !got_any => return Err(HeadError::Closed),
-            Ok(Ok(0)) => {
+        match timer.within(deadline, stream.read_buf(&mut ubuf)).await {
+            None => return Err(HeadError::Timeout),
+            Some(Ok(0)) if !got_any => return Err(HeadError::Closed),
+            Some(Ok(0)) => {
                 return Err(HeadError::Io(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "connection closed inside the response head",
                 )))
             }
-            Ok(Ok(_)) => got_any = true,
-            Ok(Err(e))
+            Some(Ok(_)) => got_any = true,
+            Some(Err(e))
                 if !got_any
                     && matches!(
                         e.kind(),
@@ -768,7 +813,52 @@ async fn read_head(
             {
                 return Err(HeadError::Closed)
             }
-            Ok(Err(e)) => return Err(HeadError::Io(e)),
+            Some(Err(e)) => return Err(HeadError::Io(e)),
+        }
+    }
+}
+
+/// The upstream timeouts of a connection's requests, on one timer: a
+/// request only names its deadline, and the timer is moved when it fires
+/// before that deadline (or is set past it), so a request costs no
+/// timer-wheel insertion and removal.
+#[derive(Default)]
+pub(crate) struct HeadTimer {
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// When the timer is set to fire (`now_ms` clock).
+    armed: u64,
+}
+
+impl HeadTimer {
+    /// `fut`'s output, or `None` once `deadline` (`now_ms` clock) passes.
+    async fn within<F: Future>(&mut self, deadline: u64, fut: F) -> Option<F::Output> {
+        let HeadTimer { sleep, armed } = self;
+        let arm = |sleep: &mut Option<Pin<Box<tokio::time::Sleep>>>, armed: &mut u64| {
+            let wait = Duration::from_millis(deadline.saturating_sub(now_ms()));
+            let at = tokio::time::Instant::now() + wait;
+            match sleep {
+                Some(s) => s.as_mut().reset(at),
+                None => *sleep = Some(Box::pin(tokio::time::sleep_until(at))),
+            }
+            *armed = deadline;
+        };
+        if sleep.is_none() || *armed > deadline {
+            arm(sleep, armed);
+        }
+        tokio::pin!(fut);
+        loop {
+            let s = sleep.as_mut()?;
+            tokio::select! {
+                biased;
+                out = &mut fut => return Some(out),
+                () = s.as_mut() => {
+                    if now_ms() >= deadline {
+                        return None;
+                    }
+                    // An earlier request's deadline (or a fire while idle).
+                    arm(sleep, armed);
+                }
+            }
         }
     }
 }
@@ -805,6 +895,7 @@ fn parse_response(
         chunked,
         keep_alive,
         has_date,
+        has_connection,
     } = body_facts(resp.version, resp.headers)?;
     head.keep_alive = keep_alive;
     head.framing = if is_head || status == 204 || status == 304 {
@@ -819,12 +910,19 @@ fn parse_response(
     let rechunk = matches!(head.framing, Framing::UntilClose | Framing::Chunked(_));
 
     status_line(out, status);
-    let named = connection_named(resp.headers);
+    let named = if has_connection {
+        connection_named(resp.headers)
+    } else {
+        Vec::new()
+    };
     for h in resp.headers.iter() {
-        if is_hop_by_hop(h.name)
-            || h.name.eq_ignore_ascii_case("x-request-id")
-            || (reply.hsts.is_some() && h.name.eq_ignore_ascii_case("strict-transport-security"))
-            || (rechunk && h.name.eq_ignore_ascii_case("content-length"))
+        let skip = match Name::of(h.name.as_bytes()) {
+            Name::XRequestId => true,
+            Name::StrictTransportSecurity => reply.hsts.is_some(),
+            Name::ContentLength => rechunk,
+            name => name.is_hop_by_hop(),
+        };
+        if skip
             || named
                 .iter()
                 .any(|n| n.eq_ignore_ascii_case(h.name.as_bytes()))
@@ -847,6 +945,8 @@ pub(crate) struct BodyFacts {
     pub chunked: bool,
     pub keep_alive: bool,
     pub has_date: bool,
+    /// A Connection header names headers (`names_headers`).
+    pub has_connection: bool,
 }
 
 /// Reads the framing headers of a response head: conflicting lengths are
@@ -862,33 +962,38 @@ pub(crate) fn body_facts(
         chunked: false,
         keep_alive: version == Some(1),
         has_date: false,
+        has_connection: false,
     };
     for h in headers {
-        let n = h.name;
-        if n.eq_ignore_ascii_case("content-length") {
-            let v = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or_else(|| bad("invalid content-length"))?;
-            if facts.content_length.is_some_and(|c| c != v) {
-                return Err(bad("conflicting content-length"));
+        match Name::of(h.name.as_bytes()) {
+            Name::ContentLength => {
+                let v = std::str::from_utf8(h.value)
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .ok_or_else(|| bad("invalid content-length"))?;
+                if facts.content_length.is_some_and(|c| c != v) {
+                    return Err(bad("conflicting content-length"));
+                }
+                facts.content_length = Some(v);
             }
-            facts.content_length = Some(v);
-        } else if n.eq_ignore_ascii_case("transfer-encoding") {
-            facts.chunked = last_token(h.value).eq_ignore_ascii_case(b"chunked");
-            if !facts.chunked {
-                facts.keep_alive = false;
-            }
-        } else if n.eq_ignore_ascii_case("connection") {
-            for t in tokens(h.value) {
-                if t.eq_ignore_ascii_case(b"close") {
+            Name::TransferEncoding => {
+                facts.chunked = last_token(h.value).eq_ignore_ascii_case(b"chunked");
+                if !facts.chunked {
                     facts.keep_alive = false;
-                } else if t.eq_ignore_ascii_case(b"keep-alive") && version == Some(0) {
-                    facts.keep_alive = true;
                 }
             }
-        } else if n.eq_ignore_ascii_case("date") {
-            facts.has_date = true;
+            Name::Connection => {
+                facts.has_connection |= names_headers(h.value);
+                for t in tokens(h.value) {
+                    if t.eq_ignore_ascii_case(b"close") {
+                        facts.keep_alive = false;
+                    } else if t.eq_ignore_ascii_case(b"keep-alive") && version == Some(0) {
+                        facts.keep_alive = true;
+                    }
+                }
+            }
+            Name::Date => facts.has_date = true,
+            _ => {}
         }
     }
     if facts.chunked {
@@ -950,22 +1055,22 @@ fn finish_head(out: &mut Vec<u8>, reply: &Reply<'_>, has_date: bool) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Whether a Connection value names a header that is not hop-by-hop
+/// anyway (anything but `keep-alive`): only then is `connection_named`
+/// worth a pass.
+pub(crate) fn names_headers(connection: &[u8]) -> bool {
+    tokens(connection).any(|t| !t.eq_ignore_ascii_case(b"keep-alive"))
+}
+
 /// Header names listed in Connection (hop-by-hop for this message).
 pub(crate) fn connection_named<'h>(headers: &[httparse::Header<'h>]) -> Vec<&'h [u8]> {
     let mut named = Vec::new();
     for h in headers {
-        if h.name.eq_ignore_ascii_case("connection") {
+        if Name::of(h.name.as_bytes()) == Name::Connection {
             named.extend(tokens(h.value));
         }
     }
     named
-}
-
-/// Hop-by-hop headers, as `proxy::headers` removes them.
-pub(crate) fn is_hop_by_hop(name: &str) -> bool {
-    crate::proxy::headers::HOP_BY_HOP
-        .iter()
-        .any(|h| h.eq_ignore_ascii_case(name))
 }
 
 /// Writes a response the gateway made itself (a static file or an
@@ -1388,8 +1493,27 @@ mod tests {
         assert_eq!(out, [b"1a\r\n".as_slice(), &[b'x'; 26], b"\r\n"].concat());
     }
 
+    #[test]
+    fn split_target_agrees_with_http() {
+        for t in ["/", "/api/x", "/a?b=1&c=%20", "/a?", "/a/b.c?d=e?f"] {
+            assert!(split_target(t).is_some(), "{t}");
+        }
+        for c in 0x20u8..0x7f {
+            let c = c as char;
+            for t in [format!("/a{c}b"), format!("/a?x{c}y")] {
+                if let Some((path, query)) = split_target(&t) {
+                    let pq = http::uri::PathAndQuery::try_from(t.as_str())
+                        .unwrap_or_else(|e| panic!("{t:?}: split, but http says {e}"));
+                    assert_eq!((pq.path(), pq.query()), (path, query), "{t:?}");
+                }
+            }
+        }
+        assert!(split_target("/a#f").is_none());
+        assert!(split_target("/a?b#f").is_none());
+    }
+
     fn parse(raw: &[u8]) -> io::Result<Option<(ResponseHead, String)>> {
-        let id = HeaderValue::from_static("rid");
+        let id = RequestId::Client(HeaderValue::from_static("rid"));
         let reply = Reply {
             request_id: &id,
             hsts: None,

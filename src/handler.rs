@@ -29,6 +29,7 @@ use std::time::Instant;
 use crate::auth::identity::{self, Strip};
 use crate::auth::{policy, AuthError, AuthSetupError, Authenticator, Identity};
 use crate::config::{AuthMode, Config, RoutePolicy, RouteTarget};
+use crate::proxy::headers::Name;
 use crate::proxy::{self, ForwardCtx, Upstream};
 use crate::response::{self, Body, ErrorNote, GatewayError};
 use crate::router::Router;
@@ -224,19 +225,35 @@ pub(crate) enum FastJob {
 /// everything it needs, so no parsed header outlives the synchronous part.
 pub(crate) struct Pending<'s> {
     prepared: Prepared,
+    /// A token still to verify (`finish_fast`); `None`: `prepared` is
+    /// complete.
     auth: Option<FastAuth<'s>>,
 }
 
-impl Pending<'_> {
+impl<'s> Pending<'s> {
     pub(crate) fn is_static(&self) -> bool {
         matches!(self.prepared.job, FastJob::Static { .. })
     }
+
+    /// The prepared request if nothing is left to await (no token, or a
+    /// cached one), else `self` for `finish_fast`.
+    pub(crate) fn ready(self) -> Ready<'s> {
+        match self.auth {
+            None => Ready::Now(self.prepared),
+            Some(_) => Ready::Verify(self),
+        }
+    }
+}
+
+pub(crate) enum Ready<'s> {
+    Now(Prepared),
+    /// A token to verify first: `finish_fast`.
+    Verify(Pending<'s>),
 }
 
 struct FastAuth<'s> {
     auth: &'s Authenticator,
-    /// `None`: no credentials, on an `optional` route.
-    token: Option<String>,
+    token: String,
     rules: &'s [crate::config::ClaimRule],
 }
 
@@ -245,7 +262,7 @@ pub(crate) struct Prepared {
     pub job: FastJob,
     /// The client sent `Connection: close`.
     pub close: bool,
-    pub request_id: HeaderValue,
+    pub request_id: RequestId,
 }
 
 impl AppState {
@@ -266,40 +283,43 @@ impl AppState {
         let mut client_request_id = None;
         let mut close = false;
         let mut cors = 0;
+        let mut has_connection = false;
+        let mut authorization = None;
+        let mut authorizations = 0;
         for h in req.headers {
-            let n = h.name;
-            if n.eq_ignore_ascii_case("host") {
-                hosts += 1;
-                host = Some(h.value);
-            } else if n.eq_ignore_ascii_case("content-length") {
-                if content_length.is_some() {
-                    return None;
+            match Name::of(h.name.as_bytes()) {
+                Name::Host => {
+                    hosts += 1;
+                    host = Some(h.value);
                 }
-                let v = std::str::from_utf8(h.value).ok()?;
-                if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
-                    return None;
-                }
-                content_length = Some(v.parse::<u64>().ok()?);
-            } else if n.eq_ignore_ascii_case("transfer-encoding")
-                || n.eq_ignore_ascii_case("expect")
-                || n.eq_ignore_ascii_case("upgrade")
-            {
-                return None;
-            } else if n.eq_ignore_ascii_case("connection") {
-                for t in h.value.split(|b| *b == b',') {
-                    let t = t.trim_ascii();
-                    if t.eq_ignore_ascii_case(b"close") {
-                        close = true;
-                    } else if t.eq_ignore_ascii_case(b"upgrade") {
+                Name::ContentLength => {
+                    if content_length.is_some()
+                        || h.value.is_empty()
+                        || !h.value.iter().all(u8::is_ascii_digit)
+                    {
                         return None;
                     }
+                    content_length = Some(std::str::from_utf8(h.value).ok()?.parse::<u64>().ok()?);
                 }
-            } else if n.eq_ignore_ascii_case("x-request-id") {
-                client_request_id = Some(h.value);
-            } else if n.eq_ignore_ascii_case("origin")
-                || n.eq_ignore_ascii_case("access-control-request-method")
-            {
-                cors += 1;
+                Name::TransferEncoding | Name::Expect | Name::Upgrade => return None,
+                Name::Connection => {
+                    has_connection |= crate::h1::names_headers(h.value);
+                    for t in h.value.split(|b| *b == b',') {
+                        let t = t.trim_ascii();
+                        if t.eq_ignore_ascii_case(b"close") {
+                            close = true;
+                        } else if t.eq_ignore_ascii_case(b"upgrade") {
+                            return None;
+                        }
+                    }
+                }
+                Name::XRequestId => client_request_id = Some(h.value),
+                Name::Origin | Name::AccessControlRequestMethod => cors += 1,
+                Name::Authorization => {
+                    authorizations += 1;
+                    authorization = Some(h.value);
+                }
+                _ => {}
             }
         }
         if hosts > 1 {
@@ -311,7 +331,7 @@ impl AppState {
                 prepared: Prepared {
                     job: FastJob::Health,
                     close,
-                    request_id: request_id_from(client_request_id),
+                    request_id: RequestId::new(client_request_id),
                 },
                 auth: None,
             });
@@ -345,32 +365,42 @@ impl AppState {
         let trusted = server.trusted_proxies.iter().any(|n| n.contains(&peer));
         // Step 8, first half: the credentials (checked in `finish_fast`).
         let auth = match (&route.policy.auth, &self.auth) {
-            (AuthMode::None, _) | (_, None) => None,
+            (AuthMode::None, _) | (_, None) => Ok(None),
             (mode, Some(auth)) => {
-                let mut values = req
-                    .headers
-                    .iter()
-                    .filter(|h| h.name.eq_ignore_ascii_case("authorization"))
-                    .map(|h| h.value);
-                let token = match (values.next(), values.next()) {
-                    (Some(v), None) => match auth.bearer_quick(v) {
+                let token = match (authorization, authorizations) {
+                    (Some(v), 1) => match auth.bearer_quick_bytes(v) {
                         Some(t) => Some(t),
-                        None => auth.bearer_in(std::iter::once(v)).ok()?,
+                        None => auth.bearer_in(std::iter::once(v)).ok()?.map(str::as_bytes),
                     },
                     (None, _) => None,
-                    (Some(_), Some(_)) => return None,
+                    (Some(_), _) => return None,
                 };
-                if token.is_none() && *mode != AuthMode::Optional {
-                    return None;
+                match token {
+                    None if *mode != AuthMode::Optional => return None,
+                    None => Ok(None),
+                    // A cached token is settled here, without an await.
+                    Some(t) => match auth.cached(t) {
+                        Some(Ok(id))
+                            if policy::claims_satisfy(&route.policy.require, id.claims()) =>
+                        {
+                            Ok(Some(id))
+                        }
+                        Some(_) => return None,
+                        None => Err(FastAuth {
+                            auth,
+                            token: std::str::from_utf8(t).ok()?.to_owned(),
+                            rules: &route.policy.require,
+                        }),
+                    },
                 }
-                Some(FastAuth {
-                    auth,
-                    token: token.map(str::to_owned),
-                    rules: &route.policy.require,
-                })
             }
         };
-        let request_id = request_id_from(client_request_id);
+        // Ok: the identity is known (or there is none); Err: still to verify.
+        let (identity, auth) = match auth {
+            Ok(identity) => (identity, None),
+            Err(pending) => (None, Some(pending)),
+        };
+        let request_id = RequestId::new(client_request_id);
         let (upstream, strip_prefix) = match target {
             Target::Static(_) if content_length.unwrap_or(0) > 0 => return None,
             Target::Static(_) => {
@@ -409,19 +439,22 @@ impl AppState {
             _ => picked.host.as_bytes(),
         };
         put_header(&mut head, b"host", up_host);
-        let named = crate::h1::connection_named(req.headers);
+        let named = if has_connection {
+            crate::h1::connection_named(req.headers)
+        } else {
+            Vec::new()
+        };
         let forward_token = self.config.identity.forward_token;
         let mut prior_xff: Vec<&str> = Vec::new();
         let (mut kept_proto, mut kept_host, mut kept_real_ip) = (false, false, false);
         for h in req.headers {
             let n = h.name;
-            if crate::h1::is_hop_by_hop(n)
-                || named.iter().any(|c| c.eq_ignore_ascii_case(n.as_bytes()))
-            {
+            let name = Name::of(n.as_bytes());
+            if name.is_hop_by_hop() || named.iter().any(|c| c.eq_ignore_ascii_case(n.as_bytes())) {
                 continue;
             }
             if trusted {
-                if n.eq_ignore_ascii_case("x-forwarded-for") {
+                if name == Name::XForwardedFor {
                     let visible = h
                         .value
                         .iter()
@@ -434,14 +467,11 @@ impl AppState {
                     }
                     continue;
                 }
-                let kept = if n.eq_ignore_ascii_case("x-forwarded-proto") {
-                    Some(&mut kept_proto)
-                } else if n.eq_ignore_ascii_case("x-forwarded-host") {
-                    Some(&mut kept_host)
-                } else if n.eq_ignore_ascii_case("x-real-ip") {
-                    Some(&mut kept_real_ip)
-                } else {
-                    None
+                let kept = match name {
+                    Name::XForwardedProto => Some(&mut kept_proto),
+                    Name::XForwardedHost => Some(&mut kept_host),
+                    Name::XRealIp => Some(&mut kept_real_ip),
+                    _ => None,
                 };
                 if let Some(kept) = kept {
                     *kept = true;
@@ -449,17 +479,8 @@ impl AppState {
                     continue;
                 }
             }
-            if [
-                "host",
-                "x-forwarded-for",
-                "x-forwarded-proto",
-                "x-forwarded-host",
-                "x-real-ip",
-                "x-request-id",
-            ]
-            .iter()
-            .any(|s| s.eq_ignore_ascii_case(n))
-                || (!forward_token && n.eq_ignore_ascii_case("authorization"))
+            if name.is_forwarding()
+                || (!forward_token && name == Name::Authorization)
                 || self.strip.matches(n)
             {
                 continue;
@@ -488,60 +509,70 @@ impl AppState {
             put_header(&mut head, b"x-real-ip", req.peer_ip.as_bytes());
         }
         put_header(&mut head, b"x-request-id", request_id.as_bytes());
-        Some(Pending {
-            prepared: Prepared {
-                job: FastJob::Proxy {
-                    upstream: upstream.clone(),
-                    server: server_index,
-                    head,
-                    body_len: content_length.unwrap_or(0),
-                },
-                close,
-                request_id,
+        let mut prepared = Prepared {
+            job: FastJob::Proxy {
+                upstream: upstream.clone(),
+                server: server_index,
+                head,
+                body_len: content_length.unwrap_or(0),
             },
-            auth,
-        })
+            close,
+            request_id,
+        };
+        if auth.is_none() {
+            self.seal(&mut prepared, identity.as_ref());
+        }
+        Some(Pending { prepared, auth })
     }
 
-    /// Step 8, second half, for the fast path: verifies the token and the
-    /// claim rules, and ends the upstream head with the identity headers.
-    /// `None`: refused, the general path answers.
+    /// Step 8, second half, for the fast path: verifies a token the cache
+    /// did not hold, and the claim rules. `None`: refused, the general path
+    /// answers.
     pub(crate) async fn finish_fast(&self, pending: Pending<'_>) -> Option<Prepared> {
         let Pending { mut prepared, auth } = pending;
         let identity = match auth {
             None => None,
-            Some(FastAuth { token: None, .. }) => None,
-            Some(FastAuth {
-                auth,
-                token: Some(token),
-                rules,
-            }) => {
+            Some(FastAuth { auth, token, rules }) => {
                 let id = auth.verify_access(&token).await.ok()?;
-                if !policy::claims_satisfy(rules, &id.claims) {
+                if !policy::claims_satisfy(rules, id.claims()) {
                     return None;
                 }
                 Some(id)
             }
         };
-        if let FastJob::Proxy { head, .. } = &mut prepared.job {
-            if let Some(id) = &identity {
-                let user_id_claim = self
-                    .config
-                    .jwt
-                    .as_ref()
-                    .map_or("user_id", |j| j.user_id_claim.as_str());
-                for (name, value) in identity::build(
-                    &self.config.identity,
-                    &id.claims,
-                    user_id_claim,
-                    &id.user_id,
-                ) {
-                    put_header(head, name.as_str().as_bytes(), value.as_bytes());
-                }
-            }
-            head.extend_from_slice(b"\r\n");
-        }
+        self.seal(&mut prepared, identity.as_ref());
         Some(prepared)
+    }
+
+    /// Ends the upstream request head: the identity headers (rendered once
+    /// per cached token), then the blank line.
+    fn seal(&self, prepared: &mut Prepared, identity: Option<&Identity>) {
+        let FastJob::Proxy { head, .. } = &mut prepared.job else {
+            return;
+        };
+        if let Some(id) = identity {
+            head.extend_from_slice(id.rendered(|id| {
+                let mut lines = Vec::new();
+                for (name, value) in self.identity_headers(id) {
+                    put_header(&mut lines, name.as_str().as_bytes(), value.as_bytes());
+                }
+                lines
+            }));
+        }
+        head.extend_from_slice(b"\r\n");
+    }
+
+    /// The identity headers for a verified token.
+    fn identity_headers(&self, id: &Identity) -> Vec<(http::HeaderName, HeaderValue)> {
+        identity::build(
+            &self.config.identity,
+            id.claims(),
+            self.config
+                .jwt
+                .as_ref()
+                .map_or("user_id", |j| j.user_id_claim.as_str()),
+            id.user_id(),
+        )
     }
 
     /// Step 9 for a static route on the fast path (`prepare_fast` said
@@ -662,16 +693,7 @@ async fn dispatch(
         Err(e) => return response::error_response(&e),
     };
     let inject = match &identity {
-        Some(id) => identity::build(
-            &state.config.identity,
-            &id.claims,
-            state
-                .config
-                .jwt
-                .as_ref()
-                .map_or("user_id", |j| j.user_id_claim.as_str()),
-            &id.user_id,
-        ),
+        Some(id) => state.identity_headers(id),
         None => Vec::new(),
     };
     if !state.config.identity.forward_token {
@@ -749,7 +771,7 @@ async fn authorize(
     if let (Some(v), None) = (values.next(), values.next()) {
         if let Some(token) = auth.bearer_quick(v.as_bytes()) {
             if let Ok(identity) = auth.verify_access(token).await {
-                if !policy::claims_satisfy(&policy.require, &identity.claims) {
+                if !policy::claims_satisfy(&policy.require, identity.claims()) {
                     return Err(fail(AuthError::Forbidden));
                 }
                 return Ok(Some(identity));
@@ -761,7 +783,7 @@ async fn authorize(
         None if policy.auth == AuthMode::Optional => return Ok(None),
         None => return Err(fail(AuthError::NoCredentials)),
     };
-    if !policy::claims_satisfy(&policy.require, &identity.claims) {
+    if !policy::claims_satisfy(&policy.require, identity.claims()) {
         return Err(fail(AuthError::Forbidden));
     }
     Ok(Some(identity))
@@ -819,22 +841,78 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
 }
 
 fn request_id_from(client: Option<&[u8]>) -> HeaderValue {
-    if let Some(b) = client {
-        if !b.is_empty()
-            && b.len() <= 128
-            && b.iter()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
-        {
-            if let Ok(v) = HeaderValue::from_bytes(b) {
-                return v;
+    RequestId::new(client).into_header()
+}
+
+/// A request's id: the client's valid X-Request-Id, else a new UUID, held
+/// inline (the fast path makes one per request without allocating).
+#[derive(Debug, Clone)]
+pub(crate) enum RequestId {
+    Made([u8; uuid::fmt::Hyphenated::LENGTH]),
+    Client(HeaderValue),
+}
+
+impl RequestId {
+    pub(crate) fn new(client: Option<&[u8]>) -> Self {
+        if let Some(b) = client {
+            if !b.is_empty()
+                && b.len() <= 128
+                && b.iter()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+            {
+                if let Ok(v) = HeaderValue::from_bytes(b) {
+                    return RequestId::Client(v);
+                }
             }
         }
+        // A version 4 UUID, hyphenated, lowercase.
+        let mut b = random_16();
+        b[6] = (b[6] & 0x0f) | 0x40;
+        b[8] = (b[8] & 0x3f) | 0x80;
+        // Where each byte's two digits go, around the hyphens.
+        const AT: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
+        let mut out = [b'-'; uuid::fmt::Hyphenated::LENGTH];
+        for (byte, at) in b.iter().zip(AT) {
+            let [hi, lo] = HEX_PAIRS[usize::from(*byte)];
+            out[at] = hi;
+            out[at + 1] = lo;
+        }
+        RequestId::Made(out)
     }
-    let id = uuid::Builder::from_random_bytes(random_16()).into_uuid();
-    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf))
-        .unwrap_or_else(|_| HeaderValue::from_static("-"))
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        match self {
+            RequestId::Made(b) => b,
+            RequestId::Client(v) => v.as_bytes(),
+        }
+    }
+
+    /// For the access log: ids are ASCII either way.
+    pub(crate) fn as_str(&self) -> &str {
+        std::str::from_utf8(self.as_bytes()).unwrap_or("-")
+    }
+
+    pub(crate) fn into_header(self) -> HeaderValue {
+        match self {
+            RequestId::Made(b) => {
+                HeaderValue::from_bytes(&b).unwrap_or_else(|_| HeaderValue::from_static("-"))
+            }
+            RequestId::Client(v) => v,
+        }
+    }
 }
+
+/// Each byte's two lowercase hex digits.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [HEX[i >> 4], HEX[i & 0x0f]];
+        i += 1;
+    }
+    t
+};
 
 /// 16 unpredictable bytes without a syscall per request: a per-thread
 /// SplitMix64 stream seeded once from the OS (request ids need to be unique
@@ -882,6 +960,10 @@ pub(crate) fn with_http_date<R>(f: impl FnOnce(&[u8]) -> R) -> R {
 
 /// Whether any segment of the path, percent-decoded, is `.` or `..`.
 pub fn has_dot_segment(path: &str) -> bool {
+    // Without a dot or an escape there is none (most paths).
+    if !path.bytes().any(|b| b == b'.' || b == b'%') {
+        return false;
+    }
     let decoded = percent_decode_str(path).decode_utf8_lossy();
     decoded
         .split(['/', '\\'])
@@ -901,6 +983,17 @@ mod tests {
         assert!(has_dot_segment("/./a"));
         assert!(!has_dot_segment("/a/..b/c.d"));
         assert!(!has_dot_segment("/"));
+    }
+
+    #[test]
+    fn made_request_ids_are_v4_uuids() {
+        for _ in 0..100 {
+            let id = RequestId::new(None);
+            let parsed = uuid::Uuid::parse_str(id.as_str()).expect("a UUID");
+            assert_eq!(parsed.get_version_num(), 4);
+            assert_eq!(parsed.get_variant(), uuid::Variant::RFC4122);
+            assert_eq!(parsed.hyphenated().to_string(), id.as_str());
+        }
     }
 
     #[test]

@@ -27,9 +27,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
@@ -346,13 +346,17 @@ async fn accept_loop(
     }
 }
 
-/// Milliseconds since the first call: a cheap shared clock for watchdogs.
-fn now_ms() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    let epoch = *EPOCH.get_or_init(Instant::now);
-    u64::try_from(epoch.elapsed().as_millis())
-        .unwrap_or(u64::MAX)
-        .max(1)
+/// Milliseconds on the coarse monotonic clock (never 0): the watchdogs'
+/// clock. Read twice per request, so it is the kernel's tick-granular
+/// clock (a few ms), which the vDSO answers without reading the TSC;
+/// timeouts are whole seconds or tenths.
+pub(crate) fn now_ms() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
+    let ms = u64::try_from(t.tv_sec)
+        .unwrap_or(0)
+        .saturating_mul(1000)
+        .saturating_add(u64::try_from(t.tv_nsec).unwrap_or(0) / 1_000_000);
+    ms.max(1)
 }
 
 /// What the watchdog needs to know about a connection.
@@ -416,8 +420,12 @@ impl Activity {
         loop {
             let now = now_ms();
             let (deadline, why) = if self.in_flight.load(Ordering::Acquire) > 0 {
-                // Nothing to enforce while a request is being served.
-                (now.saturating_add(idle_ms), "")
+                // Nothing to enforce while a request is being served; look
+                // again within a header timeout, so that the next request's
+                // head (due by then at the earliest) needs no wake-up: a busy
+                // connection wakes its watchdog once per header timeout, not
+                // once per request.
+                (now.saturating_add(header_ms.min(idle_ms)), "")
             } else {
                 let head = self.head_started.load(Ordering::Acquire);
                 if head != 0 {

@@ -26,11 +26,61 @@ use jwt::{ClaimRules, TokenProblem};
 use keys::KeySet;
 use remote::RemoteIssuer;
 
-/// Who the verified token says the caller is.
+/// Who the verified token says the caller is. Cheap to clone: a cached
+/// token hands out the same one on every request.
 #[derive(Debug, Clone)]
-pub struct Identity {
-    pub claims: Arc<Map<String, Value>>,
-    pub user_id: String,
+pub struct Identity(Arc<Verified>);
+
+#[derive(Debug)]
+struct Verified {
+    claims: Map<String, Value>,
+    user_id: String,
+    /// The latest of `iat` and `nbf`: the token is refused before it
+    /// (less the leeway).
+    not_before: f64,
+    /// The token family, checked against revocations on every use.
+    sid: Option<String>,
+    /// The identity header lines for the upstream request, made on first
+    /// use by the state whose authenticator verified the token.
+    rendered: std::sync::OnceLock<Box<[u8]>>,
+}
+
+impl Identity {
+    fn new(claims: Map<String, Value>, user_id: String) -> Self {
+        let number = |name: &str| claims.get(name).and_then(Value::as_f64);
+        let not_before = match (number("iat"), number("nbf")) {
+            (Some(a), Some(b)) => a.max(b),
+            (a, b) => a.or(b).unwrap_or(f64::NEG_INFINITY),
+        };
+        let sid = claims.get("sid").and_then(Value::as_str).map(str::to_owned);
+        Identity(Arc::new(Verified {
+            claims,
+            user_id,
+            not_before,
+            sid,
+            rendered: std::sync::OnceLock::new(),
+        }))
+    }
+
+    #[cfg(test)]
+    pub(crate) fn for_tests(user_id: &str) -> Self {
+        Identity::new(Map::new(), user_id.to_string())
+    }
+
+    pub fn claims(&self) -> &Map<String, Value> {
+        &self.0.claims
+    }
+
+    pub fn user_id(&self) -> &str {
+        &self.0.user_id
+    }
+
+    /// The identity header lines, rendered by `render` the first time.
+    pub fn rendered(&self, render: impl FnOnce(&Identity) -> Vec<u8>) -> &[u8] {
+        self.0
+            .rendered
+            .get_or_init(|| render(self).into_boxed_slice())
+    }
 }
 
 /// Why a request is not authenticated (or not authorised).
@@ -124,6 +174,12 @@ impl Authenticator {
     /// only, so `bearer_in` would have returned the same token; anything
     /// else goes the general way, where `bearer_in` decides.
     pub fn bearer_quick<'h>(&self, value: &'h [u8]) -> Option<&'h str> {
+        std::str::from_utf8(self.bearer_quick_bytes(value)?).ok()
+    }
+
+    /// `bearer_quick` before the UTF-8 check, which a cache hit (a whole
+    /// match with a verified token) makes needless.
+    pub fn bearer_quick_bytes<'h>(&self, value: &'h [u8]) -> Option<&'h [u8]> {
         self.header_types.iter().find_map(|t| {
             let t = t.as_bytes();
             let rest = value.get(t.len() + 1..)?;
@@ -133,7 +189,7 @@ impl Authenticator {
             {
                 return None;
             }
-            std::str::from_utf8(rest).ok()
+            Some(rest)
         })
     }
 
@@ -183,15 +239,10 @@ impl Authenticator {
 
     /// Verifies an access token.
     pub async fn verify_access(&self, token: &str) -> Result<Identity, AuthError> {
-        let now = jwt::now();
-        if let Some(cache) = &self.cache {
-            if let Some(claims) = cache.get(token, now, |source| self.generation(source)) {
-                let (rules, uid_claim) = self.rules_for(&claims);
-                jwt::check_claims(&claims, &rules, now).map_err(AuthError::InvalidToken)?;
-                self.check_revoked(&claims)?;
-                return identity_from(claims, uid_claim);
-            }
+        if let Some(hit) = self.cached(token.as_bytes()) {
+            return hit;
         }
+        let now = jwt::now();
         let parsed = jwt::parse(token).map_err(AuthError::InvalidToken)?;
         let iss = parsed.claims.get("iss").and_then(Value::as_str);
         let remote_idx =
@@ -230,16 +281,34 @@ impl Authenticator {
         if source.0 != 0 {
             jwt::verify_signature(&parsed, &key).map_err(AuthError::InvalidToken)?;
         }
-        let claims = Arc::new(parsed.claims);
+        let claims = parsed.claims;
         let (rules, uid_claim) = self.rules_for(&claims);
         jwt::check_claims(&claims, &rules, now).map_err(AuthError::InvalidToken)?;
-        self.check_revoked(&claims)?;
-        if let Some(cache) = &self.cache {
-            if let Some(exp) = claims.get("exp").and_then(Value::as_f64) {
-                cache.insert(token, claims.clone(), exp, source, now);
-            }
+        self.check_revoked(claims.get("sid").and_then(Value::as_str))?;
+        let user_id = user_id_of(&claims, uid_claim)?;
+        let exp = claims.get("exp").and_then(Value::as_f64);
+        let identity = Identity::new(claims, user_id);
+        if let (Some(cache), Some(exp)) = (&self.cache, exp) {
+            cache.insert(token, identity.clone(), exp, source, now);
         }
-        identity_from(claims, uid_claim)
+        Ok(identity)
+    }
+
+    /// The answer for a token the cache holds, without awaiting anything:
+    /// only the checks that depend on the time (the cache drops a token at
+    /// its `exp`) and on revocations are made again.
+    pub fn cached(&self, token: &[u8]) -> Option<Result<Identity, AuthError>> {
+        let cache = self.cache.as_ref()?;
+        let now = jwt::now_coarse();
+        let identity = cache.get(token, now, |source| self.generation(source))?;
+        if identity.0.not_before > now + self.leeway {
+            // Only a clock stepped back gets here: it passed when cached.
+            return Some(Err(AuthError::InvalidToken(TokenProblem::Invalid)));
+        }
+        Some(
+            self.check_revoked(identity.0.sid.as_deref())
+                .map(|()| identity),
+        )
     }
 
     fn generation(&self, source: usize) -> u64 {
@@ -322,8 +391,8 @@ impl Authenticator {
 
     /// SECURITY: a logout or a detected refresh-token theft revokes the
     /// whole family at once, not when its access tokens expire.
-    fn check_revoked(&self, claims: &Map<String, Value>) -> Result<(), AuthError> {
-        match claims.get("sid").and_then(Value::as_str) {
+    fn check_revoked(&self, sid: Option<&str>) -> Result<(), AuthError> {
+        match sid {
             Some(sid) if self.revoked.is_revoked(sid) => {
                 Err(AuthError::InvalidToken(TokenProblem::Blacklisted))
             }
@@ -332,11 +401,10 @@ impl Authenticator {
     }
 }
 
-fn identity_from(claims: Arc<Map<String, Value>>, uid_claim: &str) -> Result<Identity, AuthError> {
-    let user_id = match claims.get(uid_claim) {
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        Some(Value::Number(n)) => n.to_string(),
-        _ => return Err(AuthError::NoUserId),
-    };
-    Ok(Identity { claims, user_id })
+fn user_id_of(claims: &Map<String, Value>, uid_claim: &str) -> Result<String, AuthError> {
+    match claims.get(uid_claim) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        Some(Value::Number(n)) => Ok(n.to_string()),
+        _ => Err(AuthError::NoUserId),
+    }
 }

@@ -6,19 +6,20 @@
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::client::{self, Stream, Target};
 use crate::config::{UpstreamAddr, UpstreamConfig};
+use crate::server::now_ms;
 
 pub struct Pool {
     target: Target,
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
-    /// Most recently returned last: taken from the end, so the warmest
-    /// connection is reused first.
-    idle: Mutex<Vec<(Stream, Instant)>>,
+    /// Most recently returned last (with when, `now_ms` clock): taken
+    /// from the end, so the warmest connection is reused first.
+    idle: Mutex<Vec<(Stream, u64)>>,
     /// A task closes connections idle past `idle_timeout` while any idle.
     reaping: AtomicBool,
 }
@@ -67,7 +68,7 @@ impl Pool {
     fn take_idle(&self) -> Option<Stream> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some((stream, since)) = idle.pop() {
-            if since.elapsed() < self.idle_timeout && stream.is_reusable() {
+            if !Self::stale(since, self.idle_timeout, now_ms()) && stream.is_reusable() {
                 return Some(stream);
             }
         }
@@ -79,7 +80,7 @@ impl Pool {
         if self.max_idle == 0 {
             return;
         }
-        let now = Instant::now();
+        let now = now_ms();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         Self::drop_stale(&mut idle, self.idle_timeout, now);
         if idle.len() >= self.max_idle {
@@ -93,12 +94,16 @@ impl Pool {
     }
 
     /// Connections idle past the timeout sit at the front: drop them.
-    fn drop_stale(idle: &mut Vec<(Stream, Instant)>, timeout: Duration, now: Instant) {
+    fn drop_stale(idle: &mut Vec<(Stream, u64)>, timeout: Duration, now: u64) {
         let stale = idle
             .iter()
-            .take_while(|(_, since)| now.duration_since(*since) >= timeout)
+            .take_while(|(_, since)| Self::stale(*since, timeout, now))
             .count();
         idle.drain(..stale);
+    }
+
+    fn stale(since: u64, timeout: Duration, now: u64) -> bool {
+        u128::from(now.saturating_sub(since)) >= timeout.as_millis()
     }
 
     /// Closes idle connections once they pass `idle_timeout` (checked every
@@ -112,7 +117,7 @@ impl Pool {
                 tokio::time::sleep(every).await;
                 let Some(pool) = pool.upgrade() else { return };
                 let mut idle = pool.idle.lock().unwrap_or_else(|p| p.into_inner());
-                Self::drop_stale(&mut idle, pool.idle_timeout, Instant::now());
+                Self::drop_stale(&mut idle, pool.idle_timeout, now_ms());
                 if idle.is_empty() {
                     pool.reaping.store(false, Ordering::Release);
                     return;
