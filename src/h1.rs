@@ -52,6 +52,13 @@ const HEAD_READ: usize = 4096;
 /// Read size for bodies.
 const BODY_READ: usize = 64 * 1024;
 
+/// Room for a head's header fields, left uninitialised: httparse fills
+/// what it parses (initialising all of them would cost more than parsing
+/// a short head).
+pub(crate) fn uninit_headers<'b>() -> [std::mem::MaybeUninit<httparse::Header<'b>>; MAX_HEADERS] {
+    [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS]
+}
+
 /// Per-thread spare buffers: requests borrow them and give them back, so
 /// the fast path neither allocates per request nor keeps buffers on idle
 /// connections.
@@ -166,9 +173,9 @@ pub(crate) async fn serve<IO: ClientIo>(mut io: IO, env: Env<'_>) -> Outcome<IO>
         let log = **env.access_log.load();
         let (planned, head_len) = loop {
             if !buf.is_empty() {
-                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let mut req = httparse::Request::new(&mut headers);
-                match req.parse(&buf) {
+                let mut headers = uninit_headers();
+                let mut req = httparse::Request::new(&mut []);
+                match req.parse_with_uninit_headers(&buf, &mut headers) {
                     Ok(httparse::Status::Complete(n)) => {
                         break (plan(&state, env.conn, &client_ip, &req, log), n);
                     }
@@ -872,10 +879,14 @@ fn parse_response(
     reply: &Reply<'_>,
     out: &mut Vec<u8>,
 ) -> io::Result<Option<ResponseHead>> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
+    let mut headers = uninit_headers();
+    let mut resp = httparse::Response::new(&mut []);
     let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
-    let len = match resp.parse(buf) {
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        buf,
+        &mut headers,
+    ) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(e) => return Err(bad(&format!("invalid response head: {e}"))),
@@ -1033,7 +1044,7 @@ fn status_line(out: &mut Vec<u8>, status: u16) {
     out.extend_from_slice(b"\r\n");
 }
 
-fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+pub(crate) fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
@@ -1059,6 +1070,9 @@ fn finish_head(out: &mut Vec<u8>, reply: &Reply<'_>, has_date: bool) {
 /// anyway (anything but `keep-alive`): only then is `connection_named`
 /// worth a pass.
 pub(crate) fn names_headers(connection: &[u8]) -> bool {
+    if connection.eq_ignore_ascii_case(b"keep-alive") {
+        return false;
+    }
     tokens(connection).any(|t| !t.eq_ignore_ascii_case(b"keep-alive"))
 }
 

@@ -438,7 +438,7 @@ impl AppState {
             Some(h) if upstream.config.preserve_host => h,
             _ => picked.host.as_bytes(),
         };
-        put_header(&mut head, b"host", up_host);
+        crate::h1::header(&mut head, b"host", up_host);
         let named = if has_connection {
             crate::h1::connection_named(req.headers)
         } else {
@@ -475,7 +475,7 @@ impl AppState {
                 };
                 if let Some(kept) = kept {
                     *kept = true;
-                    put_header(&mut head, n.as_bytes(), h.value);
+                    crate::h1::header(&mut head, n.as_bytes(), h.value);
                     continue;
                 }
             }
@@ -485,16 +485,16 @@ impl AppState {
             {
                 continue;
             }
-            put_header(&mut head, n.as_bytes(), h.value);
+            crate::h1::header(&mut head, n.as_bytes(), h.value);
         }
         if prior_xff.is_empty() {
-            put_header(&mut head, b"x-forwarded-for", req.peer_ip.as_bytes());
+            crate::h1::header(&mut head, b"x-forwarded-for", req.peer_ip.as_bytes());
         } else {
             let chain = format!("{}, {}", prior_xff.join(", "), req.peer_ip);
-            put_header(&mut head, b"x-forwarded-for", chain.as_bytes());
+            crate::h1::header(&mut head, b"x-forwarded-for", chain.as_bytes());
         }
         if !kept_proto {
-            put_header(
+            crate::h1::header(
                 &mut head,
                 b"x-forwarded-proto",
                 if conn.tls { b"https" } else { b"http" },
@@ -502,13 +502,13 @@ impl AppState {
         }
         if !kept_host {
             if let Some(h) = host {
-                put_header(&mut head, b"x-forwarded-host", h);
+                crate::h1::header(&mut head, b"x-forwarded-host", h);
             }
         }
         if !kept_real_ip {
-            put_header(&mut head, b"x-real-ip", req.peer_ip.as_bytes());
+            crate::h1::header(&mut head, b"x-real-ip", req.peer_ip.as_bytes());
         }
-        put_header(&mut head, b"x-request-id", request_id.as_bytes());
+        crate::h1::header(&mut head, b"x-request-id", request_id.as_bytes());
         let mut prepared = Prepared {
             job: FastJob::Proxy {
                 upstream: upstream.clone(),
@@ -554,7 +554,7 @@ impl AppState {
             head.extend_from_slice(id.rendered(|id| {
                 let mut lines = Vec::new();
                 for (name, value) in self.identity_headers(id) {
-                    put_header(&mut lines, name.as_str().as_bytes(), value.as_bytes());
+                    crate::h1::header(&mut lines, name.as_str().as_bytes(), value.as_bytes());
                 }
                 lines
             }));
@@ -589,13 +589,6 @@ impl AppState {
             Err(e) => response::error_response(&GatewayError::from(e)),
         }
     }
-}
-
-fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
 }
 
 /// What the server knows about the connection a request came on.

@@ -216,14 +216,6 @@ pub fn check_claims(
     Ok(())
 }
 
-/// `now` from the kernel's tick-granular clock (a few ms behind at
-/// most), cheaper to read: for the per-request check of cached tokens,
-/// whose times are whole seconds.
-pub fn now_coarse() -> f64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
-    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
-}
-
 /// Seconds since the epoch, as a float (PyJWT compares floats too).
 pub fn now() -> f64 {
     std::time::SystemTime::now()

@@ -299,7 +299,7 @@ impl Authenticator {
     /// its `exp`) and on revocations are made again.
     pub fn cached(&self, token: &[u8]) -> Option<Result<Identity, AuthError>> {
         let cache = self.cache.as_ref()?;
-        let now = jwt::now_coarse();
+        let now = jwt::now();
         let identity = cache.get(token, now, |source| self.generation(source))?;
         if identity.0.not_before > now + self.leeway {
             // Only a clock stepped back gets here: it passed when cached.

@@ -22,7 +22,6 @@ use super::ProxyError;
 use crate::h1::{ChunkedScan, Decoded};
 use crate::response::{Body, BoxError};
 
-const MAX_HEADERS: usize = 100;
 const MAX_HEAD: usize = 64 * 1024;
 const READ: usize = 16 * 1024;
 
@@ -179,9 +178,13 @@ type Parsed = Option<(Response<()>, Decoder, bool)>;
 /// A complete head: its length, and the response (`None` for a 1xx).
 fn parse(buf: &[u8], is_head: bool) -> io::Result<Option<(usize, Parsed)>> {
     let bad = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let len = match resp.parse(buf) {
+    let mut headers = crate::h1::uninit_headers();
+    let mut resp = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        buf,
+        &mut headers,
+    ) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(e) => return Err(bad(format!("invalid response head: {e}"))),
