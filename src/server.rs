@@ -347,7 +347,8 @@ async fn accept_loop(
 }
 
 /// Milliseconds on the coarse monotonic clock (never 0): the watchdogs'
-/// clock. Read twice per request, so it is the kernel's tick-granular
+/// clock (also the pool's and the upstream-head timer's). Read several
+/// times per request, so it is the kernel's tick-granular
 /// clock (a few ms), which the vDSO answers without reading the TSC;
 /// timeouts are whole seconds or tenths.
 pub(crate) fn now_ms() -> u64 {
