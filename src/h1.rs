@@ -145,9 +145,9 @@ pub(crate) struct Env<'a> {
 pub(crate) async fn serve<IO: ClientIo>(mut io: IO, env: Env<'_>) -> Outcome<IO> {
     let client_ip = env.conn.peer.ip().to_canonical().to_string();
     let mut buf: Vec<u8> = Vec::new();
+    let mut timer = HeadTimer::default();
     // One wait for shutdown for the whole connection: registering a new
     // one per request would cost more than the rest of the idle wait.
-    let mut timer = HeadTimer::default();
     let mut stop_rx = env.shutdown.clone();
     let stop = stop_rx.changed();
     tokio::pin!(stop);
@@ -830,7 +830,7 @@ async fn read_head(
 /// before that deadline (or is set past it), so a request costs no
 /// timer-wheel insertion and removal.
 #[derive(Default)]
-pub(crate) struct HeadTimer {
+struct HeadTimer {
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     /// When the timer is set to fire (`now_ms` clock).
     armed: u64,

@@ -363,7 +363,8 @@ impl AppState {
         // A trusted proxy's X-Forwarded-* values are believed (as
         // `proxy::headers::set_forwarded` does).
         let trusted = server.trusted_proxies.iter().any(|n| n.contains(&peer));
-        // Step 8, first half: the credentials (checked in `finish_fast`).
+        // Step 8: the credentials; a token the cache holds is settled here,
+        // any other is verified in `finish_fast`.
         let auth = match (&route.policy.auth, &self.auth) {
             (AuthMode::None, _) | (_, None) => Ok(None),
             (mode, Some(auth)) => {
