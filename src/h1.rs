@@ -391,16 +391,16 @@ fn plan<'s>(
         return None;
     }
     let (path, query) = split_target(target)?;
+    // Standard methods are held inline: no allocation.
+    let method = http::Method::from_bytes(method.as_bytes()).ok()?;
     let fast = FastRequest {
-        method,
+        method: &method,
         path,
         query,
         headers: req.headers,
         peer_ip: client_ip,
     };
     let pending = state.prepare_fast(conn, &fast)?;
-    // Standard methods are held inline: no allocation.
-    let method = http::Method::from_bytes(method.as_bytes()).ok()?;
     let static_req = if pending.is_static() {
         let mut r = http::Request::new(());
         *r.method_mut() = method.clone();
@@ -880,18 +880,9 @@ fn parse_response(
     out: &mut Vec<u8>,
 ) -> io::Result<Option<ResponseHead>> {
     let mut headers = uninit_headers();
-    let mut resp = httparse::Response::new(&mut []);
-    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
-    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
-        &mut resp,
-        buf,
-        &mut headers,
-    ) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(bad(&format!("invalid response head: {e}"))),
+    let Some((len, status, resp)) = parse_response_head(buf, &mut headers)? else {
+        return Ok(None);
     };
-    let status = resp.code.ok_or_else(|| bad("no status"))?;
     let mut head = ResponseHead {
         len,
         status,
@@ -947,6 +938,26 @@ fn parse_response(
     }
     finish_head(out, reply, has_date);
     Ok(Some(head))
+}
+
+/// Parses a response head into `headers`: `None` while it is incomplete,
+/// else its length, status and the parsed response.
+pub(crate) fn parse_response_head<'h, 'b>(
+    buf: &'b [u8],
+    headers: &'h mut [std::mem::MaybeUninit<httparse::Header<'b>>],
+) -> io::Result<Option<(usize, u16, httparse::Response<'h, 'b>)>> {
+    let bad = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
+    let mut resp = httparse::Response::new(&mut []);
+    match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, headers)
+    {
+        Ok(httparse::Status::Complete(len)) => {
+            let status = resp.code.ok_or_else(|| bad("no status".into()))?;
+            Ok(Some((len, status, resp)))
+        }
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(e) => Err(bad(format!("invalid response head: {e}"))),
+    }
 }
 
 /// What a response head says about its body and its connection.

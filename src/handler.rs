@@ -194,7 +194,7 @@ impl AppState {
 
 /// A request head parsed in place, for the HTTP/1.1 fast path (`crate::h1`).
 pub(crate) struct FastRequest<'a, 'h> {
-    pub method: &'a str,
+    pub method: &'a http::Method,
     /// The path, without the query.
     pub path: &'a str,
     pub query: Option<&'a str>,
@@ -350,9 +350,9 @@ impl AppState {
         let (index, route) = self.router.route(req.path)?;
         let target = &self.targets[index];
         // Step 7: methods (a CORS preflight goes the general way).
-        let method = http::Method::from_bytes(req.method.as_bytes()).ok()?;
-        if (method == http::Method::OPTIONS && cors > 0)
-            || !policy::method_allowed(&route.policy, &method)
+        let method = req.method;
+        if (*method == http::Method::OPTIONS && cors > 0)
+            || !policy::method_allowed(&route.policy, method)
         {
             return None;
         }
@@ -427,7 +427,7 @@ impl AppState {
             crate::proxy::upstream_path(req.path, strip_prefix.then_some(route.path.as_str()))
                 .ok()?;
         let mut head = crate::h1::spare::take();
-        head.extend_from_slice(req.method.as_bytes());
+        head.extend_from_slice(req.method.as_str().as_bytes());
         head.push(b' ');
         head.extend_from_slice(path.as_bytes());
         if let Some(q) = req.query {

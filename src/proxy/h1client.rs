@@ -179,17 +179,9 @@ type Parsed = Option<(Response<()>, Decoder, bool)>;
 fn parse(buf: &[u8], is_head: bool) -> io::Result<Option<(usize, Parsed)>> {
     let bad = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
     let mut headers = crate::h1::uninit_headers();
-    let mut resp = httparse::Response::new(&mut []);
-    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
-        &mut resp,
-        buf,
-        &mut headers,
-    ) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(bad(format!("invalid response head: {e}"))),
+    let Some((len, code, resp)) = crate::h1::parse_response_head(buf, &mut headers)? else {
+        return Ok(None);
     };
-    let code = resp.code.ok_or_else(|| bad("no status".into()))?;
     if (100..200).contains(&code) {
         if code == 101 {
             return Err(bad(
