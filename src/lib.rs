@@ -19,10 +19,12 @@
 //! - [`config`] loads and validates the TOML file before anything binds.
 
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod h1;
 pub mod handler;
 pub mod healthcheck;
+pub mod path;
 pub mod proxy;
 pub mod response;
 pub mod router;
@@ -32,3 +34,4 @@ pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub mod tokens;
+pub mod wire;

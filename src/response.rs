@@ -15,6 +15,7 @@ use crate::auth::AuthError;
 use crate::proxy::ProxyError;
 use crate::static_files::StaticError;
 use crate::tokens::TokenError;
+use crate::wire::RequestError;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -36,8 +37,10 @@ pub fn empty() -> Body {
 pub enum GatewayError {
     #[error("no route matches the request path")]
     NoRoute,
-    #[error("request path is not valid")]
-    BadPath,
+    #[error(transparent)]
+    Path(#[from] crate::path::PathError),
+    #[error(transparent)]
+    Request(#[from] crate::wire::RequestError),
     #[error(transparent)]
     Static(#[from] StaticError),
     #[error(transparent)]
@@ -60,7 +63,8 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
             GatewayError::NoRoute => StatusCode::NOT_FOUND,
-            GatewayError::BadPath => StatusCode::BAD_REQUEST,
+            GatewayError::Path(_) => StatusCode::BAD_REQUEST,
+            GatewayError::Request(e) => request_status(e),
             GatewayError::Static(e) => match e {
                 StaticError::NotFound => StatusCode::NOT_FOUND,
                 StaticError::BadPath => StatusCode::BAD_REQUEST,
@@ -74,6 +78,8 @@ impl GatewayError {
                 ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
                 ProxyError::ClientBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
                 ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+                ProxyError::BufferBudget => StatusCode::SERVICE_UNAVAILABLE,
+                ProxyError::Request(e) => request_status(e),
             },
             GatewayError::Auth { err, .. } => match err {
                 AuthError::NoCredentials
@@ -90,7 +96,8 @@ impl GatewayError {
     pub fn detail(&self) -> &'static str {
         match self {
             GatewayError::NoRoute => "Not found.",
-            GatewayError::BadPath => "Bad request path.",
+            GatewayError::Path(_) => "Bad request path.",
+            GatewayError::Request(e) => request_detail(e),
             GatewayError::Static(e) => match e {
                 StaticError::NotFound => "Not found.",
                 StaticError::BadPath => "Bad request path.",
@@ -106,6 +113,10 @@ impl GatewayError {
                 ProxyError::BodyTooLarge => "Request body too large.",
                 ProxyError::ClientBodyTimeout { .. } => "Request body timed out.",
                 ProxyError::BadRequest(_) => "Bad request.",
+                ProxyError::BufferBudget => {
+                    "Service unavailable: too many request bodies are being received."
+                }
+                ProxyError::Request(e) => request_detail(e),
             },
             GatewayError::Auth { err, .. } => match err {
                 AuthError::NoCredentials => "Authentication credentials were not provided.",
@@ -124,6 +135,30 @@ impl GatewayError {
     /// rather than a client mistake (logged at debug).
     pub fn is_server_side(&self) -> bool {
         self.status().is_server_error()
+    }
+}
+
+fn request_status(e: &RequestError) -> StatusCode {
+    match e {
+        RequestError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        RequestError::BadContentLength
+        | RequestError::BadTransferEncoding
+        | RequestError::MissingHost
+        | RequestError::MultipleHosts
+        | RequestError::BadChunkedBody
+        | RequestError::BodyEndedEarly => StatusCode::BAD_REQUEST,
+    }
+}
+
+fn request_detail(e: &RequestError) -> &'static str {
+    match e {
+        RequestError::HeadTooLarge => "Request header fields too large.",
+        RequestError::BadContentLength => "Bad request: invalid Content-Length.",
+        RequestError::BadTransferEncoding => "Bad request: invalid Transfer-Encoding.",
+        RequestError::MissingHost => "Missing Host header.",
+        RequestError::MultipleHosts => "Bad request: more than one Host header.",
+        RequestError::BadChunkedBody => "Bad request: malformed chunked body.",
+        RequestError::BodyEndedEarly => "Bad request: the body ended early.",
     }
 }
 

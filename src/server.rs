@@ -346,19 +346,7 @@ async fn accept_loop(
     }
 }
 
-/// Milliseconds on the coarse monotonic clock (never 0): the watchdogs'
-/// clock (also the pool's and the upstream-head timer's). Read several
-/// times per request, so it is the kernel's tick-granular
-/// clock (a few ms), which the vDSO answers without reading the TSC;
-/// timeouts are whole seconds or tenths.
-pub(crate) fn now_ms() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
-    let ms = u64::try_from(t.tv_sec)
-        .unwrap_or(0)
-        .saturating_mul(1000)
-        .saturating_add(u64::try_from(t.tv_nsec).unwrap_or(0) / 1_000_000);
-    ms.max(1)
-}
+pub(crate) use crate::clock::now_ms;
 
 /// What the watchdog needs to know about a connection.
 pub(crate) struct Activity {
@@ -375,6 +363,7 @@ pub(crate) struct Activity {
     /// request.
     armed: AtomicU64,
     header_ms: u64,
+    idle_ms: u64,
 }
 
 impl Activity {
@@ -406,8 +395,14 @@ impl Activity {
     }
 
     pub(crate) fn request_finished(&self) {
-        self.idle_since.store(now_ms(), Ordering::Release);
+        let now = now_ms();
+        self.idle_since.store(now, Ordering::Release);
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        // The watchdog may sleep until a later deadline (the first head's
+        // header timeout, say): the idle timeout must not wait for it.
+        if now.saturating_add(self.idle_ms) < self.armed.load(Ordering::Acquire) {
+            self.wake.notify_one();
+        }
     }
 
     /// Resolves when the connection has broken a timeout.
@@ -472,6 +467,7 @@ async fn serve_connection(
         wake: Notify::new(),
         armed: AtomicU64::new(0),
         header_ms: u64::try_from(shared.header_read_timeout.as_millis()).unwrap_or(u64::MAX),
+        idle_ms: u64::try_from(shared.idle_timeout.as_millis()).unwrap_or(u64::MAX),
     });
     let conn_info = Arc::new(ConnInfo {
         peer,
@@ -529,6 +525,7 @@ async fn drive_h1<IO: h1::ClientIo>(
         conn: &conn_info,
         activity: &activity,
         max_header_bytes: shared.max_header_bytes,
+        header_read_timeout: shared.header_read_timeout,
         shutdown: shutdown.clone(),
     };
     let outcome = tokio::select! {

@@ -638,20 +638,20 @@ async fn handover_mid_connection_keeps_answering_in_order() {
         assert!(up.last().fast(), "the first request took the fast path");
 
         // The gateway's own answers (health path, static file) and a
-        // chunked upload, which the fast path hands over.
+        // chunked upload in absolute form, which the fast path hands over.
         c.send(get("/healthz")).await;
         let r = c.response(false).await;
         assert_eq!((r.status, r.text().as_str()), (200, "ok"));
 
         c.send(
-            "POST /upload HTTP/1.1\r\nHost: gateway.test\r\nX-Probe: 1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n",
+            "POST http://gateway.test/upload HTTP/1.1\r\nHost: gateway.test\r\nX-Probe: 1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n",
         )
         .await;
         let r = c.response(false).await;
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(r.text(), ok_body("POST", "/upload", 7));
         assert_eq!(up.last().body, b"abcdefg");
-        assert!(!up.last().fast(), "a chunked upload goes the general way");
+        assert!(!up.last().fast(), "an absolute-form target goes the general way");
 
         c.send(get("/files/hello.txt")).await;
         let r = c.response(false).await;
@@ -679,7 +679,7 @@ async fn handover_with_pipelined_bytes_already_read() {
         c.send(
             [
                 get("/one"),
-                "POST /up HTTP/1.1\r\nHost: gateway.test\r\nX-Probe: 1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nxy\r\n0\r\n\r\n".to_string(),
+                "POST http://gateway.test/up HTTP/1.1\r\nHost: gateway.test\r\nX-Probe: 1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nxy\r\n0\r\n\r\n".to_string(),
                 get("/two"),
                 get("/healthz"),
                 get("/files/hello.txt"),
@@ -702,7 +702,7 @@ async fn handover_with_pipelined_bytes_already_read() {
         assert_eq!(targets, ["/one", "/up", "/two", "/three"]);
         assert_eq!(seen[1].body, b"xy");
         assert!(seen[0].fast(), "the first request took the fast path");
-        assert!(!seen[1].fast(), "the chunked upload was handed over");
+        assert!(!seen[1].fast(), "the absolute-form upload was handed over");
     })
     .await;
 }
@@ -936,7 +936,7 @@ async fn upstream_closing_an_idle_connection_is_not_a_502() {
 }
 
 #[tokio::test]
-async fn request_dropped_on_a_reused_connection_is_retried_once() {
+async fn idempotent_request_dropped_on_a_reused_connection_is_retried_once() {
     bounded(async {
         let (up, gw) = start().await;
         let mut c = Client::connect(gw.addr).await;
@@ -954,14 +954,30 @@ async fn request_dropped_on_a_reused_connection_is_retried_once() {
             .collect();
         assert_eq!(tries, [(0, 1), (1, 0)]);
 
-        // A small POST held in memory is sent again byte for byte.
+        // A PUT held in memory is idempotent: sent again byte for byte.
         c.send(get("/warm")).await;
         assert_ok(&c.response(false).await, "GET", "/warm");
+        c.send(request("PUT", "/drop-if-reused", "", b"payload"))
+            .await;
+        let r = c.response(false).await;
+        assert_eq!(r.text(), ok_body("PUT", "/drop-if-reused", 7));
+        assert_eq!(up.last().body, b"payload");
+
+        // A POST that was written is never sent twice (the app may have
+        // performed it): 502, and the upstream saw it once.
+        c.send(get("/warm")).await;
+        assert_ok(&c.response(false).await, "GET", "/warm");
+        let before = up.seen().len();
         c.send(request("POST", "/drop-if-reused", "", b"payload"))
             .await;
         let r = c.response(false).await;
-        assert_eq!(r.text(), ok_body("POST", "/drop-if-reused", 7));
-        assert_eq!(up.last().body, b"payload");
+        assert_eq!(r.status, 502, "{}", r.text());
+        let posts = up.seen()[before..]
+            .iter()
+            .filter(|r| r.target == "/drop-if-reused")
+            .count();
+        assert_eq!(posts, 1, "the POST reached the upstream once");
+        let mut c = Client::connect(gw.addr).await;
 
         // An upstream that drops every request: one retry at most, then 502.
         let before = up.accepted();

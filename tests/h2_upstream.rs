@@ -984,14 +984,20 @@ async fn a_chunk_size_line_without_digits_is_not_the_end_of_the_body() {
     let mut h2 = H2::connect(&gw, &ca).await;
     let mut passed_off = Vec::new();
     for path in ["/empty-size", "/ext-only"] {
+        // Broken framing that arrives with the head is a 502; later, the
+        // stream is broken off. Never a 200 with a whole-looking body.
         if let Ok(Got {
             status,
             body: Ok(b),
             ..
         }) = h2.try_fetch("GET", path).await
         {
-            assert_eq!(status, 200, "{path}: {:?}", String::from_utf8_lossy(&b));
-            passed_off.push(format!("{path}: {:?}", String::from_utf8_lossy(&b)));
+            if status != 502 {
+                passed_off.push(format!(
+                    "{path}: {status} {:?}",
+                    String::from_utf8_lossy(&b)
+                ));
+            }
         }
     }
     assert!(

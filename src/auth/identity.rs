@@ -38,6 +38,13 @@ impl Strip {
         self.names.iter().any(|s| same_name(s, name))
     }
 
+    /// `matches` on a raw header name.
+    pub fn matches_bytes(&self, name: &[u8]) -> bool {
+        self.names
+            .iter()
+            .any(|s| same_name_bytes(s.as_bytes(), name))
+    }
+
     /// Removes every copy of every identity header; returns how many names
     /// were removed (for the debug log).
     pub fn apply(&self, headers: &mut HeaderMap) -> usize {
@@ -63,8 +70,12 @@ impl Strip {
 /// Whether header `name` (lowercase, as `http` stores names) equals the
 /// normalised `wanted` once `_` is read as `-`.
 fn same_name(wanted: &str, name: &str) -> bool {
+    same_name_bytes(wanted.as_bytes(), name.as_bytes())
+}
+
+fn same_name_bytes(wanted: &[u8], name: &[u8]) -> bool {
     wanted.len() == name.len()
-        && wanted.bytes().zip(name.bytes()).all(|(w, n)| {
+        && wanted.iter().zip(name).all(|(&w, &n)| {
             w == if n == b'_' {
                 b'-'
             } else {

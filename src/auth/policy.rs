@@ -87,6 +87,7 @@ mod tests {
             auth: crate::config::AuthMode::None,
             require: vec![],
             methods: Some(vec![Method::GET, Method::POST]),
+            allow_encoded_slash: false,
         };
         assert!(method_allowed(&p, &Method::HEAD));
         assert!(!method_allowed(&p, &Method::DELETE));

@@ -40,6 +40,7 @@ pub struct RawServer {
     pub idle_timeout: Option<HumanDuration>,
     pub max_header_bytes: Option<ByteSize>,
     pub max_body_bytes: Option<ByteSize>,
+    pub request_buffer_budget: Option<ByteSize>,
     pub max_connections: Option<usize>,
     pub shutdown_grace: Option<HumanDuration>,
     pub workers: Option<usize>,
@@ -77,6 +78,7 @@ pub struct RawUpstream {
     pub preserve_host: Option<bool>,
     pub pool_idle_timeout: Option<HumanDuration>,
     pub pool_max_idle: Option<usize>,
+    pub request_buffering: Option<ByteSize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -89,6 +91,7 @@ pub struct RawRoute {
     pub cache_control: Option<String>,
     pub fallback: Option<Spanned<String>>,
     pub strip_prefix: Option<bool>,
+    pub allow_encoded_slash: Option<bool>,
     pub precompressed: Option<bool>,
     pub auth: Option<Spanned<String>>,
     pub require: Option<Spanned<BTreeMap<String, OneOrMany>>>,

@@ -96,6 +96,9 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_body_bytes: u64,
+    /// Bytes of request bodies all connections together may hold in
+    /// memory while buffering them (`request_buffering`).
+    pub request_buffer_budget: u64,
     pub max_connections: usize,
     pub shutdown_grace: Duration,
     /// Runtime worker threads; 0 means one per CPU.
@@ -141,6 +144,9 @@ pub struct UpstreamConfig {
     pub preserve_host: bool,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle: usize,
+    /// Bodies up to this size are received whole before the upstream is
+    /// contacted (0: every body streams).
+    pub request_buffering: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,6 +182,9 @@ pub struct RoutePolicy {
     pub require: Vec<ClaimRule>,
     /// Allowed methods; None allows all.
     pub methods: Option<Vec<http::Method>>,
+    /// Paths with an encoded `/` or `\\` (`%2F`, `%5C`) are accepted on this
+    /// route (matched on the decoded path) instead of refused with 400.
+    pub allow_encoded_slash: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -119,6 +119,7 @@ fn validate(r: &mut Report, path: &Path, raw: RawConfig) -> Config {
         idle_timeout: s.idle_timeout.map_or(Duration::from_secs(60), |d| d.0),
         max_header_bytes: usize::try_from(max_header_bytes).unwrap_or(usize::MAX),
         max_body_bytes: s.max_body_bytes.map_or(10 * 1024 * 1024, |b| b.0),
+        request_buffer_budget: s.request_buffer_budget.map_or(64 * 1024 * 1024, |b| b.0),
         max_connections: s.max_connections.unwrap_or(10_000).max(1),
         shutdown_grace: s.shutdown_grace.map_or(Duration::from_secs(30), |d| d.0),
         workers: s.workers.unwrap_or(0),
@@ -615,6 +616,7 @@ fn validate_upstream(
         preserve_host: u.preserve_host.unwrap_or(true),
         pool_idle_timeout: u.pool_idle_timeout.map_or(Duration::from_secs(90), |d| d.0),
         pool_max_idle: u.pool_max_idle.unwrap_or(256),
+        request_buffering: u.request_buffering.map_or(1024 * 1024, |b| b.0),
     })
 }
 
@@ -803,6 +805,7 @@ fn validate_policy(r: &mut Report, route: &RawRoute, has_jwt: bool, key: &str) -
         auth,
         require,
         methods,
+        allow_encoded_slash: route.allow_encoded_slash.unwrap_or(false),
     }
 }
 

@@ -1,11 +1,5 @@
-//! The pooled keep-alive client to one upstream server, over TCP or a unix
-//! socket. One hyper-util client per server: its pool keeps idle
-//! connections for reuse, so a request does not pay for a connect.
+//! Connections to one upstream server, over TCP or a unix socket.
 
-use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use std::future::Future;
 use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -14,12 +8,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
-use crate::config::{UpstreamAddr, UpstreamConfig};
-use crate::response::Body;
-
-/// A client bound to one server: every request goes to `addr`, whatever
-/// authority its URI names.
-pub type UpstreamClient = Client<Connector, Body>;
+use crate::config::UpstreamAddr;
 
 pub(crate) fn target(addr: &UpstreamAddr) -> Target {
     match addr {
@@ -28,48 +17,10 @@ pub(crate) fn target(addr: &UpstreamAddr) -> Target {
     }
 }
 
-pub fn build(addr: &UpstreamAddr, cfg: &UpstreamConfig) -> UpstreamClient {
-    let connector = Connector {
-        target: target(addr),
-        connect_timeout: cfg.connect_timeout,
-    };
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(cfg.pool_idle_timeout)
-        .pool_max_idle_per_host(cfg.pool_max_idle)
-        .pool_timer(hyper_util::rt::TokioTimer::new())
-        .timer(hyper_util::rt::TokioTimer::new())
-        // The gateway sets Host itself (preserve_host decides which).
-        .set_host(false)
-        .build(connector)
-}
-
 #[derive(Clone, Debug)]
 pub(crate) enum Target {
     Tcp(String),
     Unix(PathBuf),
-}
-
-/// Connects to the configured server within `connect_timeout`.
-#[derive(Clone, Debug)]
-pub struct Connector {
-    target: Target,
-    connect_timeout: Duration,
-}
-
-impl tower_service::Service<http::Uri> for Connector {
-    type Response = TokioIo<Stream>;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<TokioIo<Stream>>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _uri: http::Uri) -> Self::Future {
-        let target = self.target.clone();
-        let timeout = self.connect_timeout;
-        Box::pin(async move { connect(&target, timeout).await.map(TokioIo::new) })
-    }
 }
 
 /// Opens a connection to `target` within `timeout`.
@@ -112,12 +63,6 @@ impl Stream {
             Stream::Unix(s) => s.try_read(&mut probe),
         };
         matches!(r, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-    }
-}
-
-impl Connection for Stream {
-    fn connected(&self) -> Connected {
-        Connected::new()
     }
 }
 

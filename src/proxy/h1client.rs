@@ -1,10 +1,8 @@
-//! The pooled HTTP/1.1 client for bodiless GET and HEAD requests on the
-//! general path (HTTP/2 clients, and HTTP/1.1 connections handed over by
-//! the fast path). It uses the fast path's upstream pool (`pool`): the
-//! request head is written from the prepared header map, the response
-//! body is decoded as it streams, and the connection goes back to the pool
-//! once the body has been read to its end. No connection task, no
-//! channels.
+//! The response side of an upstream exchange for the hyper executor: the
+//! head the exchange read becomes a `Response` whose body is decoded as it
+//! streams, and the connection goes back to its pool (the one idle pool
+//! per server) once the body has been read to its end. No connection
+//! task, no channels.
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
@@ -13,106 +11,148 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::client::Stream;
+use super::exchange::Exchanged;
 use super::pool::Pool;
-use super::ProxyError;
-use crate::h1::{ChunkedScan, Decoded};
 use crate::response::{Body, BoxError};
+use crate::wire::{ChunkedScan, Decoded};
 
-const MAX_HEAD: usize = 64 * 1024;
 const READ: usize = 16 * 1024;
 
-/// Sends a bodiless request; `parts` are ready to go (Host, forwarding and
-/// identity headers set, hop-by-hop headers removed).
-pub async fn send(
-    pool: &Arc<Pool>,
-    parts: &http::request::Parts,
-    timeout: Duration,
-    name: &str,
-) -> Result<Response<Body>, ProxyError> {
-    let head = request_head(parts);
-    let is_head = parts.method == http::Method::HEAD;
-    let upstream_err = |e: io::Error| ProxyError::Upstream {
-        upstream: name.to_string(),
-        source: e.into(),
+/// The response the exchange read, as a hyper response whose body
+/// streams from the upstream connection (returned to the pool at its end).
+/// Hop-by-hop headers are removed; a malformed head or framing is an error.
+pub fn response(got: Exchanged, is_head: bool, pool: &Arc<Pool>) -> io::Result<Response<Body>> {
+    let Exchanged {
+        stream,
+        buf,
+        head_len,
+        ..
+    } = got;
+    let (mut resp, decoder, reusable) = parse(&buf[..head_len], is_head)?;
+    crate::proxy::headers::remove_hop_by_hop(resp.headers_mut());
+    let mut body = PooledBody {
+        conn: Some(stream),
+        buf: BytesMut::from(&buf[head_len..]),
+        decoder,
+        reusable,
+        pool: pool.clone(),
     };
-    let mut fresh_only = false;
-    loop {
-        let taken = if fresh_only {
-            pool.connect().await
-        } else {
-            pool.take().await
-        };
-        let mut taken = taken.map_err(|e| ProxyError::Connect {
-            upstream: name.to_string(),
-            source: e.into(),
-        })?;
-        // A reused connection the server closed meanwhile: the request is
-        // in memory, so it is sent again on a new one.
-        let retry = taken.reused;
-        if let Err(e) = taken.stream.write_all(&head).await {
-            if retry {
-                fresh_only = true;
-                continue;
-            }
-            return Err(upstream_err(e));
+    crate::wire::spare::give(buf);
+    // Check what came with the head now: a broken first chunk line is a
+    // 502, not a response cut short.
+    if let Decoder::Chunked(scan) = &body.decoder {
+        let mut probe = scan.clone();
+        if probe.feed(&body.buf).is_err() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "invalid chunked body from upstream",
+            ));
         }
-        let read = tokio::time::timeout(timeout, read_head(&mut taken.stream, is_head)).await;
-        match read {
-            Err(_) => {
-                return Err(ProxyError::Timeout {
-                    upstream: name.to_string(),
-                    after: timeout,
-                })
-            }
-            Ok(Ok(Some((resp, buf, decoder, reusable)))) => {
-                let mut body = PooledBody {
-                    conn: Some(taken.stream),
-                    buf,
-                    decoder,
-                    reusable,
-                    pool: pool.clone(),
-                };
-                if matches!(body.decoder, Decoder::Done) {
-                    // No body (HEAD, 204, 304, length 0): the connection
-                    // is free now.
-                    body.finish();
-                }
-                return Ok(resp.map(|()| {
-                    use http_body_util::BodyExt;
-                    body.boxed_unsync()
-                }));
-            }
-            Ok(Ok(None)) if retry => fresh_only = true,
-            Ok(Ok(None)) => {
-                return Err(upstream_err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "connection closed before the response",
-                )))
-            }
-            Ok(Err(e)) => return Err(upstream_err(e)),
+    }
+    if matches!(body.decoder, Decoder::Done) {
+        // No body (HEAD, 204, 304, length 0): the connection is free now.
+        body.finish();
+    }
+    Ok(resp.map(|()| {
+        use http_body_util::BodyExt;
+        body.boxed_unsync()
+    }))
+}
+
+/// A 101 answer: the response for the client and the upstream connection
+/// (with any bytes that followed the head) to join with the client's.
+pub fn switched(got: Exchanged) -> io::Result<(Response<Body>, Upgraded)> {
+    let Exchanged {
+        stream,
+        buf,
+        head_len,
+        ..
+    } = got;
+    let mut headers = crate::wire::uninit_headers();
+    let Some((_, _, parsed)) = crate::wire::parse_response_head(&buf[..head_len], &mut headers)?
+    else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "incomplete head",
+        ));
+    };
+    let mut resp = Response::new(crate::response::empty());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let mut upgrade = None;
+    for h in parsed.headers.iter() {
+        let name = crate::wire::Name::of(h.name.as_bytes());
+        if name == crate::wire::Name::Upgrade {
+            upgrade = HeaderValue::from_bytes(h.value).ok();
         }
+        if name.is_hop_by_hop() {
+            continue;
+        }
+        // Sec-WebSocket-Accept and the like answer the client's handshake.
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(h.name.as_bytes()),
+            HeaderValue::from_bytes(h.value),
+        ) {
+            resp.headers_mut().append(n, v);
+        }
+    }
+    resp.headers_mut().insert(
+        http::header::CONNECTION,
+        HeaderValue::from_static("upgrade"),
+    );
+    if let Some(u) = upgrade {
+        resp.headers_mut().insert(http::header::UPGRADE, u);
+    }
+    let upgraded = Upgraded {
+        stream,
+        prefix: buf[head_len..].to_vec(),
+        at: 0,
+    };
+    Ok((resp, upgraded))
+}
+
+/// An upstream connection after a 101, bytes read with the head first.
+pub struct Upgraded {
+    stream: Stream,
+    prefix: Vec<u8>,
+    at: usize,
+}
+
+impl AsyncRead for Upgraded {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.at < this.prefix.len() {
+            let n = (this.prefix.len() - this.at).min(buf.remaining());
+            buf.put_slice(&this.prefix[this.at..this.at + n]);
+            this.at += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.stream).poll_read(cx, buf)
     }
 }
 
-fn request_head(parts: &http::request::Parts) -> Vec<u8> {
-    let mut head = Vec::with_capacity(512);
-    head.extend_from_slice(parts.method.as_str().as_bytes());
-    head.push(b' ');
-    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    head.extend_from_slice(pq.as_bytes());
-    head.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &parts.headers {
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
+impl AsyncWrite for Upgraded {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
     }
-    head.extend_from_slice(b"\r\n");
-    head
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
 }
 
 /// How the rest of the response body is delimited.
@@ -123,75 +163,16 @@ enum Decoder {
     Done,
 }
 
-type Head = (Response<()>, BytesMut, Decoder, bool);
-
-/// Reads the final response head. `None`: the connection ended before any
-/// byte of a response.
-async fn read_head(stream: &mut Stream, is_head: bool) -> io::Result<Option<Head>> {
-    let mut buf = BytesMut::with_capacity(READ);
-    loop {
-        if !buf.is_empty() {
-            if let Some((len, parsed)) = parse(&buf, is_head)? {
-                let rest = buf.split_off(len);
-                match parsed {
-                    // 1xx: skip it and read on.
-                    None => buf = rest,
-                    Some((resp, decoder, reusable)) => {
-                        return Ok(Some((resp, rest, decoder, reusable)))
-                    }
-                }
-                continue;
-            }
-            if buf.len() >= MAX_HEAD {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "response head too large",
-                ));
-            }
-        }
-        buf.reserve(READ);
-        match stream.read_buf(&mut buf).await {
-            Ok(0) if buf.is_empty() => return Ok(None),
-            Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "connection closed inside the response head",
-                ))
-            }
-            Ok(_) => {}
-            Err(e)
-                if buf.is_empty()
-                    && matches!(
-                        e.kind(),
-                        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
-                    ) =>
-            {
-                return Ok(None)
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-type Parsed = Option<(Response<()>, Decoder, bool)>;
-
-/// A complete head: its length, and the response (`None` for a 1xx).
-fn parse(buf: &[u8], is_head: bool) -> io::Result<Option<(usize, Parsed)>> {
+/// Parses a complete final response head: the response, how its body is
+/// delimited, and whether the connection can be reused after it.
+fn parse(buf: &[u8], is_head: bool) -> io::Result<(Response<()>, Decoder, bool)> {
     let bad = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
-    let mut headers = crate::h1::uninit_headers();
-    let Some((len, code, resp)) = crate::h1::parse_response_head(buf, &mut headers)? else {
-        return Ok(None);
+    let mut headers = crate::wire::uninit_headers();
+    let Some((_, code, resp)) = crate::wire::parse_response_head(buf, &mut headers)? else {
+        return Err(bad("incomplete response head".into()));
     };
-    if (100..200).contains(&code) {
-        if code == 101 {
-            return Err(bad(
-                "upstream switched protocols without an upgrade request".into(),
-            ));
-        }
-        return Ok(Some((len, None)));
-    }
     let status = StatusCode::from_u16(code).map_err(|e| bad(e.to_string()))?;
-    let facts = crate::h1::body_facts(resp.version, resp.headers)?;
+    let facts = crate::wire::body_facts(resp.version, resp.headers)?;
     let mut reusable = facts.keep_alive;
     let mut map = HeaderMap::with_capacity(resp.headers.len());
     for h in resp.headers.iter() {
@@ -218,7 +199,7 @@ fn parse(buf: &[u8], is_head: bool) -> io::Result<Option<(usize, Parsed)>> {
     let mut out = Response::new(());
     *out.status_mut() = status;
     *out.headers_mut() = map;
-    Ok(Some((len, Some((out, decoder, reusable)))))
+    Ok((out, decoder, reusable))
 }
 
 /// A response body read from a pooled upstream connection.

@@ -1,13 +1,14 @@
-//! Header rules for proxied messages: hop-by-hop removal (RFC 9110 7.6.1)
-//! and the X-Forwarded-* / X-Real-IP set.
+//! Header rules for proxied messages, one set for every path: the
+//! upstream request head (`write_request_head`: hop-by-hop and
+//! Connection-named headers, framing, Host, X-Forwarded-*, X-Real-IP,
+//! X-Request-Id, identity, Authorization) and hop-by-hop removal from
+//! response header maps (RFC 9110 7.6.1).
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName};
 use std::net::IpAddr;
 
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+use crate::wire::{header as line, tokens};
+pub use crate::wire::{Name, HOP_BY_HOP};
 
 /// Headers that describe one connection, never the message, plus any the
 /// Connection header names. Removed in both directions.
@@ -29,176 +30,21 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// The hop-by-hop headers of RFC 9110 7.6.1 (and Proxy-Connection), which
-/// every path removes in both directions.
-pub const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-];
-
-/// Header names the proxy paths act on, told apart with at most two
-/// comparisons per header (by length first), so that a request or
-/// response head is classified in one pass.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Name {
-    Host,
-    ContentLength,
-    TransferEncoding,
-    Connection,
-    Upgrade,
-    /// Keep-Alive, TE, Trailer, Proxy-Connection, Proxy-Authenticate,
-    /// Proxy-Authorization: the other names of `HOP_BY_HOP`.
-    OtherHopByHop,
-    Expect,
-    Authorization,
-    Origin,
-    AccessControlRequestMethod,
-    XRequestId,
-    XForwardedFor,
-    XForwardedProto,
-    XForwardedHost,
-    XRealIp,
-    Date,
-    StrictTransportSecurity,
-    Other,
-}
-
-impl Name {
-    /// Case-insensitive, as header names are. `name` is a parsed header
-    /// name (token characters only).
-    pub fn of(name: &[u8]) -> Name {
-        let is = |s: &str| same_lower(name, s.as_bytes());
-        let pick = |a: (&str, Name), b: (&str, Name)| {
-            if is(a.0) {
-                a.1
-            } else if is(b.0) {
-                b.1
-            } else {
-                Name::Other
-            }
-        };
-        let none = ("", Name::Other);
-        match name.len() {
-            2 => pick(("te", Name::OtherHopByHop), none),
-            4 => pick(("host", Name::Host), ("date", Name::Date)),
-            6 => pick(("origin", Name::Origin), ("expect", Name::Expect)),
-            7 => pick(("upgrade", Name::Upgrade), ("trailer", Name::OtherHopByHop)),
-            9 => pick(("x-real-ip", Name::XRealIp), none),
-            10 => pick(
-                ("connection", Name::Connection),
-                ("keep-alive", Name::OtherHopByHop),
-            ),
-            12 => pick(("x-request-id", Name::XRequestId), none),
-            13 => pick(("authorization", Name::Authorization), none),
-            14 => pick(("content-length", Name::ContentLength), none),
-            15 => pick(("x-forwarded-for", Name::XForwardedFor), none),
-            16 => pick(
-                ("x-forwarded-host", Name::XForwardedHost),
-                ("proxy-connection", Name::OtherHopByHop),
-            ),
-            17 => pick(
-                ("transfer-encoding", Name::TransferEncoding),
-                ("x-forwarded-proto", Name::XForwardedProto),
-            ),
-            18 => pick(("proxy-authenticate", Name::OtherHopByHop), none),
-            19 => pick(("proxy-authorization", Name::OtherHopByHop), none),
-            25 => pick(
-                ("strict-transport-security", Name::StrictTransportSecurity),
-                none,
-            ),
-            29 => pick(
-                (
-                    "access-control-request-method",
-                    Name::AccessControlRequestMethod,
-                ),
-                none,
-            ),
-            _ => Name::Other,
-        }
-    }
-
-    /// One of `HOP_BY_HOP`.
-    pub fn is_hop_by_hop(self) -> bool {
-        matches!(
-            self,
-            Name::Connection | Name::TransferEncoding | Name::Upgrade | Name::OtherHopByHop
-        )
-    }
-
-    /// Set by the gateway on the upstream request, whatever the client sent
-    /// (X-Forwarded-*, X-Real-IP from a trusted proxy are kept).
-    pub fn is_forwarding(self) -> bool {
-        matches!(
-            self,
-            Name::Host
-                | Name::XForwardedFor
-                | Name::XForwardedProto
-                | Name::XForwardedHost
-                | Name::XRealIp
-                | Name::XRequestId
-        )
-    }
-}
-
-/// Whether header name `name` is `lower` (lowercase letters and '-') in
-/// any case, eight bytes at a time. ORing 0x20 lowercases a letter and
-/// keeps '-'; the only other bytes it maps onto those (CR onto '-') are
-/// not token characters.
-fn same_lower(name: &[u8], lower: &[u8]) -> bool {
-    if name.len() != lower.len() {
-        return false;
-    }
-    let mut a = name.chunks_exact(8);
-    let mut b = lower.chunks_exact(8);
-    for (x, y) in a.by_ref().zip(b.by_ref()) {
-        let (Ok(x), Ok(y)) = (<[u8; 8]>::try_from(x), <[u8; 8]>::try_from(y)) else {
-            return false;
-        };
-        if u64::from_ne_bytes(x) | 0x2020_2020_2020_2020 != u64::from_ne_bytes(y) {
-            return false;
-        }
-    }
-    a.remainder()
-        .iter()
-        .zip(b.remainder())
-        .all(|(x, y)| x | 0x20 == *y)
-}
-
-/// The `Upgrade` value when this is an HTTP/1.1 upgrade request
-/// (`Connection: upgrade` plus `Upgrade: ...`).
-pub fn upgrade_request(headers: &HeaderMap) -> Option<HeaderValue> {
-    let wants = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    if wants {
-        headers.get(header::UPGRADE).cloned()
-    } else {
-        None
-    }
-}
-
 /// The real client address: the peer, or, when the peer is a trusted proxy,
 /// the rightmost X-Forwarded-For entry that is not itself a trusted proxy
-/// (entries left of it could have been written by the client).
-pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
+/// (entries left of it could have been written by the client). `xff`: the
+/// values of every X-Forwarded-For header, in order.
+pub fn client_ip<'h>(
+    peer: IpAddr,
+    xff: impl Iterator<Item = &'h [u8]>,
+    trusted: &[ipnet::IpNet],
+) -> IpAddr {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
     if !is_trusted(&peer) {
         return peer;
     }
-    let hops: Vec<IpAddr> = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
+    let hops: Vec<IpAddr> = xff
+        .filter_map(|v| std::str::from_utf8(v).ok())
         .flat_map(|v| v.split(','))
         .filter_map(|h| h.trim().parse::<IpAddr>().ok())
         .map(|ip| ip.to_canonical())
@@ -209,69 +55,163 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) ->
         .unwrap_or(peer)
 }
 
-/// What the gateway knows about the client, for the forwarding headers.
-pub struct ClientFacts<'a> {
-    pub ip: IpAddr,
+/// What the gateway knows about a request and its client, for the
+/// upstream request head.
+pub struct Forwarding<'a> {
+    pub method: &'a http::Method,
+    /// The path the upstream receives (normalised, prefix stripped).
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    /// The host the client asked for: an absolute-form target's or
+    /// HTTP/2's authority, else the Host header.
+    pub host: Option<&'a [u8]>,
+    /// Send `host` as Host (else `server_host`).
+    pub preserve_host: bool,
+    /// The upstream server's own authority.
+    pub server_host: &'a [u8],
+    /// The client's address (canonical: IPv4 stays IPv4).
+    pub peer_ip: &'a str,
     pub tls: bool,
-    /// The peer is a trusted proxy: its X-Forwarded-* values are believed.
+    /// The peer is in `trusted_proxies`: its X-Forwarded-* values are
+    /// believed (X-Forwarded-For appended to, the others kept).
     pub trusted: bool,
-    /// The Host the client asked for.
-    pub host: Option<&'a HeaderValue>,
+    /// Pass the client's Authorization header on.
+    pub forward_token: bool,
+    pub request_id: &'a [u8],
+    /// An HTTP/1.1 upgrade: the `Upgrade` value to ask the upstream for.
+    pub upgrade: Option<&'a [u8]>,
 }
 
-/// Sets X-Forwarded-For/-Proto/-Host and X-Real-IP.
+/// Writes the upstream request line and header fields into `out`, without
+/// framing headers, identity headers or the blank line (the executor adds
+/// those, as it knows the body). The one set of request header rules:
 ///
-/// SECURITY: a client can write any of these; only a trusted proxy's values
-/// survive. X-Forwarded-For from anyone else is replaced, not appended to,
-/// so an upstream reading its first entry cannot be fooled.
-pub fn set_forwarded(headers: &mut HeaderMap, facts: &ClientFacts) {
-    let ip = facts.ip.to_string();
-    let xff = if facts.trusted {
-        let prior: Vec<&str> = headers
-            .get_all(&X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .collect();
-        if prior.is_empty() {
-            ip.clone()
-        } else {
-            format!("{}, {ip}", prior.join(", "))
-        }
-    } else {
-        ip.clone()
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert(&X_FORWARDED_FOR, v);
+/// - SECURITY: identity headers the client sent (`is_identity`, any case,
+///   `_` for `-`) are never passed on.
+/// - Hop-by-hop headers, those the Connection header names, Expect and the
+///   framing headers go (the body is framed anew for the upstream).
+/// - SECURITY: a name that only becomes one of the names above, or a
+///   forwarding name, once `_` is read as `-` (`Content_Length`,
+///   `X_Forwarded_For`) is dropped: CGI/WSGI servers merge the two.
+/// - SECURITY: X-Forwarded-For/-Proto/-Host and X-Real-IP are set by the
+///   gateway; only a trusted proxy's values survive. X-Forwarded-For from
+///   anyone else is replaced, not appended to, so an upstream reading its
+///   first entry cannot be fooled.
+/// - Host is the client's (`preserve_host`) or the server's; X-Request-Id
+///   is the request's id.
+pub fn write_request_head<'h>(
+    out: &mut Vec<u8>,
+    f: &Forwarding<'_>,
+    headers: impl Iterator<Item = (&'h [u8], &'h [u8])> + Clone,
+    is_identity: impl Fn(&[u8]) -> bool,
+) {
+    out.extend_from_slice(f.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(f.path.as_bytes());
+    if let Some(q) = f.query {
+        out.push(b'?');
+        out.extend_from_slice(q.as_bytes());
     }
-    let keep = |h: &HeaderMap, n: &HeaderName| facts.trusted && h.contains_key(n);
-    if !keep(headers, &X_FORWARDED_PROTO) {
-        headers.insert(
-            &X_FORWARDED_PROTO,
-            HeaderValue::from_static(if facts.tls { "https" } else { "http" }),
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let host = match f.host {
+        Some(h) if f.preserve_host => h,
+        _ => f.server_host,
+    };
+    line(out, b"host", host);
+
+    // Names the Connection header lists are hop-by-hop for this message.
+    let mut named: Vec<&[u8]> = Vec::new();
+    for (n, v) in headers.clone() {
+        if Name::of(n) == Name::Connection && crate::wire::names_headers(v) {
+            named.extend(tokens(v));
+        }
+    }
+    let mut prior_xff: Vec<&[u8]> = Vec::new();
+    let (mut kept_proto, mut kept_host, mut kept_real_ip) = (false, false, false);
+    let mut cookies: Vec<&[u8]> = Vec::new();
+    for (n, v) in headers {
+        let name = Name::of(n);
+        if name == Name::Other && n.contains(&b'_') && Name::of_folded(n) != Name::Other {
+            continue;
+        }
+        if name.is_hop_by_hop()
+            || matches!(name, Name::ContentLength | Name::Expect)
+            || named.iter().any(|c| c.eq_ignore_ascii_case(n))
+        {
+            continue;
+        }
+        if f.trusted {
+            if name == Name::XForwardedFor {
+                let visible = v.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b));
+                let v = v.trim_ascii();
+                if visible && !v.is_empty() {
+                    prior_xff.push(v);
+                }
+                continue;
+            }
+            let kept = match name {
+                Name::XForwardedProto => Some(&mut kept_proto),
+                Name::XForwardedHost => Some(&mut kept_host),
+                Name::XRealIp => Some(&mut kept_real_ip),
+                _ => None,
+            };
+            if let Some(kept) = kept {
+                *kept = true;
+                line(out, n, v);
+                continue;
+            }
+        }
+        if name.is_forwarding()
+            || (!f.forward_token && name == Name::Authorization)
+            || is_identity(n)
+        {
+            continue;
+        }
+        // HTTP/2 may split Cookie into several fields; HTTP/1.1 wants one
+        // (RFC 9113 8.2.3).
+        if n.eq_ignore_ascii_case(b"cookie") {
+            cookies.push(v);
+            continue;
+        }
+        line(out, n, v);
+    }
+    if !cookies.is_empty() {
+        line(out, b"cookie", &cookies.join(&b"; "[..]));
+    }
+    if prior_xff.is_empty() {
+        line(out, b"x-forwarded-for", f.peer_ip.as_bytes());
+    } else {
+        let mut chain = prior_xff.join(&b", "[..]);
+        chain.extend_from_slice(b", ");
+        chain.extend_from_slice(f.peer_ip.as_bytes());
+        line(out, b"x-forwarded-for", &chain);
+    }
+    if !kept_proto {
+        line(
+            out,
+            b"x-forwarded-proto",
+            if f.tls { b"https" } else { b"http" },
         );
     }
-    if !keep(headers, &X_FORWARDED_HOST) {
-        match facts.host {
-            Some(h) => {
-                headers.insert(&X_FORWARDED_HOST, h.clone());
-            }
-            None => {
-                headers.remove(&X_FORWARDED_HOST);
-            }
+    if !kept_host {
+        if let Some(h) = f.host {
+            line(out, b"x-forwarded-host", h);
         }
     }
-    if !keep(headers, &X_REAL_IP) {
-        if let Ok(v) = HeaderValue::from_str(&ip) {
-            headers.insert(&X_REAL_IP, v);
-        }
+    if !kept_real_ip {
+        line(out, b"x-real-ip", f.peer_ip.as_bytes());
+    }
+    line(out, b"x-request-id", f.request_id);
+    if let Some(u) = f.upgrade {
+        line(out, b"connection", b"upgrade");
+        line(out, b"upgrade", u);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -282,47 +222,6 @@ mod tests {
             );
         }
         h
-    }
-
-    #[test]
-    fn names_are_classified_in_any_case() {
-        for n in HOP_BY_HOP {
-            assert!(Name::of(n.as_bytes()).is_hop_by_hop(), "{n}");
-            assert!(Name::of(n.to_uppercase().as_bytes()).is_hop_by_hop(), "{n}");
-        }
-        let named = [
-            ("Host", Name::Host),
-            ("content-LENGTH", Name::ContentLength),
-            ("Expect", Name::Expect),
-            ("Authorization", Name::Authorization),
-            ("Origin", Name::Origin),
-            (
-                "Access-Control-Request-Method",
-                Name::AccessControlRequestMethod,
-            ),
-            ("X-Request-Id", Name::XRequestId),
-            ("X-Forwarded-For", Name::XForwardedFor),
-            ("X-Forwarded-Proto", Name::XForwardedProto),
-            ("X-Forwarded-Host", Name::XForwardedHost),
-            ("X-Real-IP", Name::XRealIp),
-            ("Date", Name::Date),
-            ("Strict-Transport-Security", Name::StrictTransportSecurity),
-        ];
-        for (n, want) in named {
-            assert_eq!(Name::of(n.as_bytes()), want, "{n}");
-            assert!(!want.is_hop_by_hop());
-        }
-        for other in [
-            "",
-            "x",
-            "hostx",
-            "x-user-id",
-            "content-type",
-            "tex",
-            "dates",
-        ] {
-            assert_eq!(Name::of(other.as_bytes()), Name::Other, "{other}");
-        }
     }
 
     #[test]
@@ -345,75 +244,117 @@ mod tests {
         assert_eq!(h["x-keep"], "yes");
     }
 
+    fn head(pairs: &[(&str, &str)], trusted: bool) -> String {
+        let f = Forwarding {
+            method: &http::Method::GET,
+            path: "/x",
+            query: Some("a=1"),
+            host: Some(b"example.com"),
+            preserve_host: true,
+            server_host: b"up:80",
+            peer_ip: "10.1.2.3",
+            tls: false,
+            trusted,
+            forward_token: false,
+            request_id: b"rid",
+            upgrade: None,
+        };
+        let mut out = Vec::new();
+        let it = pairs.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes()));
+        write_request_head(&mut out, &f, it, |n| n.eq_ignore_ascii_case(b"x-user-id"));
+        String::from_utf8(out).unwrap()
+    }
+
     #[test]
     fn untrusted_forwarded_values_are_replaced() {
-        let mut h = map(&[
-            ("x-forwarded-for", "6.6.6.6"),
-            ("x-forwarded-proto", "https"),
-            ("x-real-ip", "6.6.6.6"),
-            ("x-forwarded-host", "evil"),
-        ]);
-        let host = HeaderValue::from_static("example.com");
-        set_forwarded(
-            &mut h,
-            &ClientFacts {
-                ip: "10.1.2.3".parse().unwrap(),
-                tls: false,
-                trusted: false,
-                host: Some(&host),
-            },
+        let h = head(
+            &[
+                ("X-Forwarded-For", "6.6.6.6"),
+                ("x-forwarded-proto", "https"),
+                ("x-real-ip", "6.6.6.6"),
+                ("x-forwarded-host", "evil"),
+                ("X_Forwarded_For", "6.6.6.6"),
+                ("Host", "evil"),
+                ("x-request-id", "evil"),
+                ("Authorization", "Bearer x"),
+                ("X-User-Id", "admin"),
+                ("Accept", "*/*"),
+            ],
+            false,
         );
-        assert_eq!(h["x-forwarded-for"], "10.1.2.3");
-        assert_eq!(h["x-forwarded-proto"], "http");
-        assert_eq!(h["x-real-ip"], "10.1.2.3");
-        assert_eq!(h["x-forwarded-host"], "example.com");
+        assert_eq!(
+            h,
+            "GET /x?a=1 HTTP/1.1\r\nhost: example.com\r\nAccept: */*\r\n\
+             x-forwarded-for: 10.1.2.3\r\nx-forwarded-proto: http\r\n\
+             x-forwarded-host: example.com\r\nx-real-ip: 10.1.2.3\r\nx-request-id: rid\r\n"
+        );
+    }
+
+    #[test]
+    fn framing_and_hop_by_hop_names_go_in_every_spelling() {
+        let h = head(
+            &[
+                ("Connection", "keep-alive, X-Secret"),
+                ("X-Secret", "1"),
+                ("Content-Length", "5"),
+                ("Content_Length", "5"),
+                ("Transfer_Encoding", "chunked"),
+                ("Transfer-Encoding", "chunked"),
+                ("Keep_Alive", "1"),
+                ("Proxy_Connection", "1"),
+                ("TE", "trailers"),
+                ("Expect", "100-continue"),
+                ("Upgrade", "websocket"),
+                ("X_Custom", "kept"),
+            ],
+            false,
+        );
+        assert!(h.contains("X_Custom: kept\r\n"), "{h}");
+        for gone in [
+            "Secret", "Length", "Encoding", "Keep", "Proxy", "TE:", "Expect", "Upgrade",
+        ] {
+            assert!(!h.contains(gone), "{gone} in {h}");
+        }
     }
 
     #[test]
     fn trusted_forwarded_for_is_appended_to() {
-        let mut h = map(&[
-            ("x-forwarded-for", "1.1.1.1, 2.2.2.2"),
-            ("x-forwarded-for", "3.3.3.3"),
-            ("x-forwarded-proto", "https"),
-        ]);
-        set_forwarded(
-            &mut h,
-            &ClientFacts {
-                ip: "10.0.0.1".parse().unwrap(),
-                tls: false,
-                trusted: true,
-                host: None,
-            },
+        let h = head(
+            &[
+                ("x-forwarded-for", "1.1.1.1, 2.2.2.2"),
+                ("x-forwarded-for", "3.3.3.3"),
+                ("x-forwarded-proto", "https"),
+            ],
+            true,
         );
-        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.1");
-        assert_eq!(h["x-forwarded-proto"], "https");
+        assert!(
+            h.contains("x-forwarded-for: 1.1.1.1, 2.2.2.2, 3.3.3.3, 10.1.2.3\r\n"),
+            "{h}"
+        );
+        assert!(h.contains("x-forwarded-proto: https\r\n") && !h.contains("proto: http\r\n"));
+    }
+
+    #[test]
+    fn cookies_are_joined() {
+        let h = head(&[("cookie", "a=1"), ("cookie", "b=2")], false);
+        assert!(h.contains("cookie: a=1; b=2\r\n"), "{h}");
     }
 
     #[test]
     fn client_ip_behind_trusted_proxies() {
         let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
-        let h = map(&[("x-forwarded-for", "6.6.6.6, 1.2.3.4, 10.0.0.7")]);
+        let xff = || std::iter::once(&b"6.6.6.6, 1.2.3.4, 10.0.0.7"[..]);
         assert_eq!(
-            client_ip("10.0.0.1".parse().unwrap(), &h, &trusted),
+            client_ip("10.0.0.1".parse().unwrap(), xff(), &trusted),
             "1.2.3.4".parse::<IpAddr>().unwrap()
         );
         assert_eq!(
-            client_ip("8.8.8.8".parse().unwrap(), &h, &trusted),
+            client_ip("8.8.8.8".parse().unwrap(), xff(), &trusted),
             "8.8.8.8".parse::<IpAddr>().unwrap()
         );
         assert_eq!(
-            client_ip("10.0.0.1".parse().unwrap(), &HeaderMap::new(), &trusted),
+            client_ip("10.0.0.1".parse().unwrap(), std::iter::empty(), &trusted),
             "10.0.0.1".parse::<IpAddr>().unwrap()
         );
-    }
-
-    #[test]
-    fn upgrade_detection() {
-        assert!(upgrade_request(&map(&[
-            ("connection", "keep-alive, Upgrade"),
-            ("upgrade", "websocket")
-        ]))
-        .is_some());
-        assert!(upgrade_request(&map(&[("upgrade", "websocket")])).is_none());
     }
 }

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::client::{self, Stream, Target};
+use crate::clock::now_ms;
 use crate::config::{UpstreamAddr, UpstreamConfig};
-use crate::server::now_ms;
 
 pub struct Pool {
     target: Target,
@@ -141,6 +141,7 @@ mod tests {
             timeout: Duration::from_secs(2),
             preserve_host: false,
             pool_idle_timeout: idle,
+            request_buffering: 0,
             pool_max_idle: max_idle,
         }
     }

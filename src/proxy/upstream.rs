@@ -3,7 +3,6 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::client::{self, UpstreamClient};
 use super::pool::Pool;
 use crate::config::{UpstreamAddr, UpstreamConfig};
 
@@ -15,13 +14,10 @@ pub struct Upstream {
 
 pub struct Server {
     pub addr: UpstreamAddr,
-    pub client: UpstreamClient,
-    /// Idle connections for the HTTP/1.1 fast path.
+    /// Idle connections, for every path: one pool per server.
     pub pool: std::sync::Arc<Pool>,
     /// The Host header sent when `preserve_host = false`.
     pub host: http::HeaderValue,
-    /// The authority of the URIs given to the client (its pool key).
-    pub authority: http::uri::Authority,
 }
 
 impl Upstream {
@@ -31,18 +27,11 @@ impl Upstream {
             .iter()
             .map(|addr| Server {
                 addr: addr.clone(),
-                client: client::build(addr, config),
                 pool: std::sync::Arc::new(Pool::new(addr, config)),
                 host: match addr {
                     UpstreamAddr::Tcp { authority } => http::HeaderValue::from_str(authority)
                         .unwrap_or_else(|_| http::HeaderValue::from_static("localhost")),
                     UpstreamAddr::Unix { .. } => http::HeaderValue::from_static("localhost"),
-                },
-                authority: match addr {
-                    UpstreamAddr::Tcp { authority } => authority
-                        .parse()
-                        .unwrap_or_else(|_| http::uri::Authority::from_static("localhost")),
-                    UpstreamAddr::Unix { .. } => http::uri::Authority::from_static("localhost"),
                 },
             })
             .collect();
@@ -64,17 +53,6 @@ impl Upstream {
 
     pub fn servers(&self) -> &[Server] {
         &self.servers
-    }
-
-    /// The server for the next request (round robin).
-    pub fn pick(&self) -> Option<&Server> {
-        match self.servers.len() {
-            0 => None,
-            1 => self.servers.first(),
-            n => self
-                .servers
-                .get(self.next.fetch_add(1, Ordering::Relaxed) % n),
-        }
     }
 }
 

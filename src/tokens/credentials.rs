@@ -2,8 +2,7 @@
 //! hashes, re-read on reload), or the application itself through a POST to
 //! an internal endpoint, so an existing app keeps owning its users.
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::BodyExt;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -239,31 +238,37 @@ async fn delegate(
     username: &str,
     pw: &str,
 ) -> Result<Option<UserInfo>, CredentialsError> {
-    let unavailable =
-        |e: Box<dyn std::error::Error + Send + Sync>| CredentialsError::Unavailable(e);
     let server = up
-        .pick()
+        .pick_index()
+        .and_then(|i| up.servers().get(i))
         .ok_or_else(|| unavailable("upstream has no servers".into()))?;
     let body = serde_json::json!({"username": username, "password": pw}).to_string();
-    let uri = http::Uri::builder()
-        .scheme("http")
-        .authority(server.authority.clone())
-        .path_and_query(path)
-        .build()
-        .map_err(|e| unavailable(Box::new(e)))?;
-    let req = http::Request::post(uri)
-        .header(http::header::HOST, server.host.clone())
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .header(http::header::ACCEPT, "application/json")
-        .body(
-            Full::new(Bytes::from(body))
-                .map_err(|e| match e {})
-                .boxed_unsync(),
-        )
-        .map_err(|e| unavailable(Box::new(e)))?;
-    let resp = tokio::time::timeout(timeout, server.client.request(req))
+    let mut head = Vec::with_capacity(256);
+    head.extend_from_slice(b"POST ");
+    head.extend_from_slice(path.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    head.extend_from_slice(server.host.as_bytes());
+    head.extend_from_slice(
+        b"\r\ncontent-type: application/json\r\naccept: application/json\r\ncontent-length: ",
+    );
+    head.extend_from_slice(body.len().to_string().as_bytes());
+    head.extend_from_slice(b"\r\n\r\n");
+    let mut timer = crate::proxy::exchange::HeadTimer::default();
+    let exchanged = crate::proxy::exchange::exchange(
+        server,
+        &up.config.name,
+        timeout,
+        &http::Method::POST,
+        &head,
+        crate::proxy::exchange::ReqBody::<crate::proxy::exchange::NoSource>::Whole(body.as_bytes()),
+        false,
+        &mut timer,
+    );
+    let got = tokio::time::timeout(timeout, exchanged)
         .await
         .map_err(|_| unavailable("credential check timed out".into()))?
+        .map_err(|f| unavailable(Box::new(f.error)))?;
+    let resp = crate::proxy::h1client::response(got, false, &server.pool)
         .map_err(|e| unavailable(Box::new(e)))?;
     let status = resp.status();
     if status == http::StatusCode::UNAUTHORIZED || status == http::StatusCode::FORBIDDEN {
@@ -274,11 +279,9 @@ async fn delegate(
             format!("credential check answered {status}").into(),
         ));
     }
-    let bytes = tokio::time::timeout(timeout, Limited::new(resp.into_body(), 64 * 1024).collect())
+    let bytes = tokio::time::timeout(timeout, read_answer(resp.into_body()))
         .await
-        .map_err(|_| unavailable("credential check timed out".into()))?
-        .map_err(unavailable)?
-        .to_bytes();
+        .map_err(|_| unavailable("credential check timed out".into()))??;
     let answer: DelegateAnswer =
         serde_json::from_slice(&bytes).map_err(|e| unavailable(Box::new(e)))?;
     let user_id = match answer.user_id {
@@ -290,6 +293,24 @@ async fn delegate(
         user_id,
         claims: answer.claims,
     }))
+}
+
+/// The app's answer, at most 64 KiB.
+async fn read_answer(mut body: crate::response::Body) -> Result<Vec<u8>, CredentialsError> {
+    let mut out = Vec::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.map_err(unavailable)?.into_data() {
+            if out.len() + data.len() > 64 * 1024 {
+                return Err(unavailable("credential check answer too large".into()));
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(out)
+}
+
+fn unavailable(e: Box<dyn std::error::Error + Send + Sync>) -> CredentialsError {
+    CredentialsError::Unavailable(e)
 }
 
 #[cfg(test)]

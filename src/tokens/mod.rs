@@ -17,8 +17,6 @@ pub mod request;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -167,11 +165,17 @@ impl TokenService {
         }
     }
 
-    /// Answers a token route request.
+    /// Largest token-route body read (`tokens.max_body_bytes`).
+    pub fn body_limit(&self) -> u64 {
+        self.cfg.max_body_bytes
+    }
+
+    /// Answers a token route request. The body was read whole by the
+    /// executor, up to `body_limit` (`None`: it was longer).
     pub async fn handle(
         &self,
         ep: Endpoint,
-        req: Request<Incoming>,
+        req: Request<Option<Bytes>>,
         peer: IpAddr,
         auth: &Authenticator,
     ) -> Response<Body> {
@@ -209,7 +213,7 @@ impl TokenService {
     async fn post(
         &self,
         ep: Endpoint,
-        req: Request<Incoming>,
+        req: Request<Option<Bytes>>,
         peer: IpAddr,
         auth: &Authenticator,
     ) -> Result<Response<Body>, TokenError> {
@@ -223,22 +227,7 @@ impl TokenService {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        if let Some(len) = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-        {
-            if len > self.cfg.max_body_bytes {
-                return Err(TokenError::BodyTooLarge);
-            }
-        }
-        let limit = usize::try_from(self.cfg.max_body_bytes).unwrap_or(usize::MAX);
-        let body = Limited::new(req.into_body(), limit)
-            .collect()
-            .await
-            .map_err(|_| TokenError::BodyTooLarge)?
-            .to_bytes();
+        let body = req.into_body().ok_or(TokenError::BodyTooLarge)?;
         let ct = content_type.as_deref();
         match ep {
             Endpoint::Obtain => self.obtain(ct, &body, peer).await,
@@ -250,7 +239,7 @@ impl TokenService {
     }
 
     /// CORS preflight (204) or DRF's metadata answer (200).
-    fn options(&self, req: &Request<Incoming>, ep: Endpoint) -> Response<Body> {
+    fn options<B>(&self, req: &Request<B>, ep: Endpoint) -> Response<Body> {
         let h = req.headers();
         if h.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD) {
             let mut resp = Response::new(response::empty());

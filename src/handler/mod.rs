@@ -1,0 +1,798 @@
+//! THE request path: one decision per request, whichever executor runs it.
+//!
+//! `AppState::decide` reads a request head and returns what to do with it;
+//! two executors carry the decision out and differ only in framing: the
+//! raw HTTP/1.1 one (`crate::h1`) and the hyper one (`general::handle`:
+//! HTTP/2, upgrades, chunked uploads, HTTP/1.0, anything the raw one
+//! declines before deciding). The steps, in order:
+//!
+//! 1. Give the request an id (the first valid client `X-Request-Id` is
+//!    kept).
+//! 2. SECURITY: identity headers the client sent are never read and never
+//!    passed on (`proxy::headers::write_request_head`; any case, `_`
+//!    spellings too).
+//! 3. Refuse what RFC 9112 refuses: a head over `max_header_bytes` (431);
+//!    an invalid or doubled Content-Length, Content-Length with
+//!    Transfer-Encoding, a coding other than chunked last, HTTP/1.1 without
+//!    Host or with two (400).
+//! 4. Answer the health path, on every listener, never proxied.
+//! 5. On the plain listener with `redirect_http`, answer 308 to https.
+//! 6. SECURITY: normalise the path (`crate::path`): routes and policies
+//!    see the path the app will see, and the upstream receives it.
+//! 7. Token routes are answered by `tokens`, never proxied.
+//! 8. Route: the longest matching prefix, with its policy; an encoded
+//!    slash only where the route allows it.
+//! 9. Methods the route does not allow: 405 with Allow, before any auth.
+//!    CORS preflights pass anonymously. A declared body over
+//!    `max_body_bytes`: 413.
+//! 10. Authenticate (Bearer JWT, verified once) and authorise (required /
+//!     optional / none and claim rules): 401 or 403.
+//! 11. Dispatch: static files, or the reverse proxy with the upstream head
+//!     built once, identity headers from the verified claims.
+//!
+//! Every response gets the request id and, on TLS, the HSTS header; errors
+//! become responses in `response`; the access-log line is written by the
+//! executor once the body has been sent.
+
+mod general;
+mod request_id;
+
+pub use general::handle;
+pub(crate) use request_id::RequestId;
+
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use crate::auth::identity::{self, Strip};
+use crate::auth::{policy, AuthError, AuthSetupError, Authenticator, Identity};
+use crate::config::{AuthMode, ClaimRule, Config, RouteTarget};
+use crate::proxy::exchange::Budget;
+use crate::proxy::headers::{self as fwd, Forwarding, Name};
+use crate::proxy::{ProxyError, Upstream};
+use crate::response::{self, Body, GatewayError};
+use crate::router::Router;
+use crate::static_files::StaticFiles;
+use crate::store::{RevokedFamilies, SqliteStore, Store, StoreError};
+use crate::tokens::{Endpoint, TokenService, TokenSetupError};
+use crate::wire::RequestError;
+
+/// Everything a request needs, built from one config. Replaced whole on
+/// reload; requests in flight keep the state they started with.
+pub struct AppState {
+    pub config: Arc<Config>,
+    router: Router,
+    /// One per route, in the router's order.
+    targets: Vec<Target>,
+    pub(crate) hsts: Option<HeaderValue>,
+    /// None when the config has no [jwt]: every route is then "none".
+    auth: Option<Authenticator>,
+    strip: Strip,
+    /// The token routes, when the config has [tokens].
+    tokens: Option<TokenService>,
+    /// Memory for buffered request bodies, shared by every connection.
+    pub(crate) budget: Arc<Budget>,
+}
+
+/// State that outlives reloads: the store and the revocation mirror.
+#[derive(Clone)]
+pub struct Deps {
+    pub store: Option<Arc<dyn Store>>,
+    pub revoked: Arc<RevokedFamilies>,
+    /// `server.request_buffer_budget`, kept across reloads so bodies
+    /// buffered under the old config still count.
+    pub budget: Arc<Budget>,
+}
+
+impl Deps {
+    /// Opens the store (when token issuing is configured) and loads the
+    /// revoked families into the in-memory mirror.
+    pub fn open(config: &Config) -> Result<Deps, StoreError> {
+        let revoked = Arc::new(RevokedFamilies::new());
+        let budget = Budget::new(config.server.request_buffer_budget);
+        if config.tokens.is_none() {
+            return Ok(Deps {
+                store: None,
+                revoked,
+                budget,
+            });
+        }
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.store.path)?);
+        let now = crate::tokens::unix_now();
+        for (sid, until) in store.revoked_families(now)? {
+            revoked.insert(&sid, until);
+        }
+        Ok(Deps {
+            store: Some(store),
+            revoked,
+            budget,
+        })
+    }
+
+    /// For `gateway check`: an in-memory store, so checking writes nothing.
+    pub fn in_memory() -> Result<Deps, StoreError> {
+        Ok(Deps {
+            store: Some(Arc::new(SqliteStore::open(std::path::Path::new(
+                ":memory:",
+            ))?)),
+            revoked: Arc::new(RevokedFamilies::new()),
+            budget: Budget::new(0),
+        })
+    }
+}
+
+enum Target {
+    // Boxed: a file server is much larger than an upstream reference.
+    Static(Box<StaticFiles>),
+    Upstream {
+        upstream: Arc<Upstream>,
+        strip_prefix: bool,
+    },
+}
+
+/// Failure to build the runtime state from a valid config.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("static root {path} cannot be opened")]
+    StaticRoot {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("route {0} names an unknown upstream")]
+    UnknownUpstream(String),
+    #[error(transparent)]
+    Auth(#[from] AuthSetupError),
+    #[error(transparent)]
+    Tokens(#[from] TokenSetupError),
+    #[error("[tokens] needs the store, which is not open")]
+    NoStore,
+}
+
+impl AppState {
+    pub fn new(config: Config, deps: &Deps) -> Result<Self, StateError> {
+        let upstreams: BTreeMap<&str, Arc<Upstream>> = config
+            .upstreams
+            .iter()
+            .map(|(name, u)| (name.as_str(), Arc::new(Upstream::new(u))))
+            .collect();
+        let router = Router::new(&config);
+        let mut targets = Vec::new();
+        for route in router.routes() {
+            targets.push(match &route.target {
+                RouteTarget::Static(s) => {
+                    Target::Static(Box::new(StaticFiles::new(s).map_err(|source| {
+                        StateError::StaticRoot {
+                            path: s.root.display().to_string(),
+                            source,
+                        }
+                    })?))
+                }
+                RouteTarget::Upstream(u) => Target::Upstream {
+                    upstream: upstreams
+                        .get(u.upstream.as_str())
+                        .cloned()
+                        .ok_or_else(|| StateError::UnknownUpstream(route.path.clone()))?,
+                    strip_prefix: u.strip_prefix,
+                },
+            });
+        }
+        let hsts = config
+            .tls
+            .as_ref()
+            .and_then(|t| t.hsts.as_deref())
+            .and_then(|h| HeaderValue::from_str(h).ok());
+        let auth = config
+            .jwt
+            .as_ref()
+            .map(|j| Authenticator::new(j, deps.revoked.clone()))
+            .transpose()?;
+        let strip = Strip::new(&config.identity);
+        let tokens = match (&config.tokens, &deps.store) {
+            (None, _) => None,
+            (Some(_), None) => return Err(StateError::NoStore),
+            (Some(_), Some(store)) => {
+                TokenService::new(&config, &upstreams, store.clone(), deps.revoked.clone())?
+            }
+        };
+        Ok(AppState {
+            config: Arc::new(config),
+            router,
+            targets,
+            hsts,
+            auth,
+            strip,
+            tokens,
+            budget: deps.budget.clone(),
+        })
+    }
+
+    /// Starts background work (fetching trusted issuers' keys).
+    pub fn start(&self) {
+        if let Some(a) = &self.auth {
+            a.start();
+        }
+    }
+
+    pub fn authenticator(&self) -> Option<&Authenticator> {
+        self.auth.as_ref()
+    }
+}
+
+/// What the server knows about the connection a request came on.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+    /// Set on the plain listener when `redirect_http`: the https port.
+    pub redirect_https_port: Option<u16>,
+}
+
+/// A request head as either executor sees it.
+pub(crate) struct Head<'a, I> {
+    pub method: &'a http::Method,
+    pub version: http::Version,
+    /// The path as received (origin-form, or an absolute-form's path).
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    /// An absolute-form target's or HTTP/2's authority.
+    pub authority: Option<&'a [u8]>,
+    /// Every header field, in order, as (name, value).
+    pub headers: I,
+    /// Bytes of the head (request line and fields).
+    pub head_len: usize,
+}
+
+/// What a head says about its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Framing {
+    /// No body (no Content-Length, no Transfer-Encoding).
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// What to do with a request.
+pub(crate) enum Action {
+    /// Answer it here with this response (health, redirect, refusals).
+    Answer(Response<Body>),
+    /// Serve it from the static route with this index.
+    Static { route: usize },
+    /// Hand it to the token routes; `client` is the real client address
+    /// (for login limits).
+    Tokens { endpoint: Endpoint, client: IpAddr },
+    /// Proxy it.
+    Proxy(ProxyPlan),
+}
+
+/// How to proxy a request.
+pub(crate) struct ProxyPlan {
+    pub upstream: Arc<Upstream>,
+    /// Index of the server picked among the upstream's.
+    pub server: usize,
+    /// The upstream request line and fields: no framing fields, no blank
+    /// line (the executor adds them, as it knows the body).
+    pub head: Vec<u8>,
+    /// An HTTP/1.1 upgrade request (`Connection: upgrade` + `Upgrade`).
+    pub upgrade: bool,
+}
+
+/// The decision on one request.
+pub(crate) struct Decision {
+    pub action: Action,
+    pub request_id: RequestId,
+    /// The client sent `Connection: close`, or the answer must close.
+    pub close: bool,
+    pub framing: Framing,
+    /// The normalised path when it differs from the received one (static
+    /// routes serve it).
+    pub path: Option<String>,
+}
+
+/// A decision, or the token still to verify before there is one.
+pub(crate) enum Step<'s> {
+    Ready(Decision),
+    Verify(Pending<'s>),
+}
+
+impl Step<'_> {
+    /// The decision, verifying a token first if needed.
+    pub(crate) async fn resolve(self) -> Decision {
+        match self {
+            Step::Ready(d) => d,
+            Step::Verify(p) => p.finish().await,
+        }
+    }
+}
+
+/// A decision waiting on a token the cache did not hold.
+pub(crate) struct Pending<'s> {
+    state: &'s AppState,
+    decision: Decision,
+    auth: &'s Authenticator,
+    token: String,
+    /// The full parse of the header failed: its error wins over the
+    /// verification's (simplejwt's exact answer for a malformed header).
+    header_error: Option<AuthError>,
+    rules: &'s [ClaimRule],
+}
+
+impl Pending<'_> {
+    /// The decision, once the token checks out, is to serve a static file.
+    pub(crate) fn is_static(&self) -> bool {
+        matches!(self.decision.action, Action::Static { .. })
+    }
+
+    /// Verifies the token (once) and the claim rules; seals the upstream
+    /// head or turns the decision into the refusal.
+    pub(crate) async fn finish(self) -> Decision {
+        let Pending {
+            state,
+            mut decision,
+            auth,
+            token,
+            header_error,
+            rules,
+        } = self;
+        let verified = auth.verify_access(&token).await;
+        let outcome = match (verified, header_error) {
+            (Ok(id), _) if policy::claims_satisfy(rules, id.claims()) => Ok(Some(id)),
+            (Ok(_), _) => Err(AuthError::Forbidden),
+            (Err(_), Some(e)) | (Err(e), None) => Err(e),
+        };
+        state.settle(&mut decision, outcome);
+        decision
+    }
+}
+
+/// The header facts the decision needs, from one pass over the fields.
+#[derive(Default)]
+struct Facts<'h> {
+    hosts: usize,
+    host: Option<&'h [u8]>,
+    content_length: Option<u64>,
+    bad_length: bool,
+    transfer_encoding: bool,
+    chunked_last: bool,
+    close: bool,
+    upgrade_token: bool,
+    upgrade: Option<&'h [u8]>,
+    request_id: Option<&'h [u8]>,
+    origin: bool,
+    cors_method: bool,
+    authorization: Option<&'h [u8]>,
+    authorizations: usize,
+}
+
+impl<'h> Facts<'h> {
+    fn scan(headers: impl Iterator<Item = (&'h [u8], &'h [u8])>) -> Self {
+        let mut f = Facts::default();
+        for (n, v) in headers {
+            match Name::of(n) {
+                Name::Host => {
+                    f.hosts += 1;
+                    f.host.get_or_insert(v);
+                }
+                Name::ContentLength => match crate::wire::parse_length(v) {
+                    Some(len) if f.content_length.map_or(true, |c| c == len) => {
+                        f.content_length = Some(len)
+                    }
+                    _ => f.bad_length = true,
+                },
+                Name::TransferEncoding => {
+                    f.transfer_encoding = true;
+                    f.chunked_last = crate::wire::tokens(v)
+                        .last()
+                        .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
+                }
+                Name::Connection => {
+                    for t in crate::wire::tokens(v) {
+                        if t.eq_ignore_ascii_case(b"close") {
+                            f.close = true;
+                        } else if t.eq_ignore_ascii_case(b"upgrade") {
+                            f.upgrade_token = true;
+                        }
+                    }
+                }
+                Name::Upgrade => f.upgrade = Some(v),
+                // The first valid one, on every path.
+                Name::XRequestId if f.request_id.is_none() && RequestId::valid(v) => {
+                    f.request_id = Some(v);
+                }
+                Name::Origin => f.origin = true,
+                Name::AccessControlRequestMethod => f.cors_method = true,
+                Name::Authorization => {
+                    f.authorizations += 1;
+                    f.authorization = Some(v);
+                }
+                _ => {}
+            }
+        }
+        f
+    }
+}
+
+impl AppState {
+    /// Steps 1-11 of the module doc on a request head: what to do with it.
+    /// Synchronous unless a token must be verified (`Step::Verify`).
+    pub(crate) fn decide<'s, 'h, I>(&'s self, conn: &ConnInfo, head: Head<'h, I>) -> Step<'s>
+    where
+        I: Iterator<Item = (&'h [u8], &'h [u8])> + Clone,
+    {
+        let server = &self.config.server;
+        let f = Facts::scan(head.headers.clone());
+        let mut decision = Decision {
+            action: Action::Static { route: 0 },
+            request_id: RequestId::new(f.request_id),
+            close: f.close,
+            framing: match (f.transfer_encoding, f.content_length) {
+                (true, _) => Framing::Chunked,
+                (false, Some(n)) => Framing::Length(n),
+                (false, None) => Framing::None,
+            },
+            path: None,
+        };
+        let refuse = |mut d: Decision, err: GatewayError| {
+            d.action = Action::Answer(response::error_response(&err));
+            Step::Ready(d)
+        };
+        let bad = |d: Decision, e: RequestError| {
+            let mut d = d;
+            // SECURITY: after a framing error the rest of the connection
+            // cannot be read safely.
+            d.close = true;
+            refuse(d, GatewayError::Request(e))
+        };
+        // Step 3: what RFC 9112 refuses.
+        if head.head_len > server.max_header_bytes {
+            return bad(decision, RequestError::HeadTooLarge);
+        }
+        if f.bad_length {
+            return bad(decision, RequestError::BadContentLength);
+        }
+        if f.transfer_encoding && (f.content_length.is_some() || !f.chunked_last) {
+            return bad(decision, RequestError::BadTransferEncoding);
+        }
+        if head.version == http::Version::HTTP_11 {
+            if f.hosts > 1 {
+                return bad(decision, RequestError::MultipleHosts);
+            }
+            if f.hosts == 0 && head.authority.is_none() {
+                return bad(decision, RequestError::MissingHost);
+            }
+        }
+        // An absolute-form target's authority wins over Host (RFC 9112 3.2.2).
+        let host = head.authority.or(f.host);
+        // Steps 4-5: health, redirect.
+        if head.path == server.health_path {
+            decision.action = Action::Answer(health());
+            return Step::Ready(decision);
+        }
+        if let Some(port) = conn.redirect_https_port {
+            decision.action = Action::Answer(redirect_to_https(host, head.path, head.query, port));
+            return Step::Ready(decision);
+        }
+        // Step 6: the path the app will see.
+        let normal = match crate::path::normalize(head.path) {
+            Ok(n) => n,
+            Err(e) => return refuse(decision, GatewayError::Path(e)),
+        };
+        if let Cow::Owned(p) = &normal.path {
+            decision.path = Some(p.clone());
+        }
+        let path: &str = &normal.path;
+        // Step 7: token routes.
+        if let (Some(tokens), Some(_)) = (&self.tokens, &self.auth) {
+            if let Some(endpoint) = tokens.endpoint(path) {
+                // Login rate limits count the real client, also behind a
+                // trusted proxy.
+                let xff = head
+                    .headers
+                    .clone()
+                    .filter(|(n, _)| Name::of(n) == Name::XForwardedFor)
+                    .map(|(_, v)| v);
+                let client =
+                    fwd::client_ip(conn.peer.ip().to_canonical(), xff, &server.trusted_proxies);
+                decision.action = Action::Tokens { endpoint, client };
+                return Step::Ready(decision);
+            }
+        }
+        // Step 8: route, on the normalised path.
+        let routed = if normal.encoded_slash {
+            // SECURITY: an app that decodes `%2F` sees the decoded path, so
+            // the route (and policy) is the decoded path's, and it must opt
+            // in.
+            match self.router.route(&normal.decoded_slashes()) {
+                Some((i, r)) if r.policy.allow_encoded_slash => Some((i, r)),
+                _ => {
+                    return refuse(
+                        decision,
+                        GatewayError::Path(crate::path::PathError::EncodedSlash),
+                    )
+                }
+            }
+        } else {
+            self.router.route(path)
+        };
+        let Some((index, route)) = routed else {
+            return refuse(decision, GatewayError::NoRoute);
+        };
+        // Step 9: methods, preflight, declared size.
+        let preflight = *head.method == http::Method::OPTIONS && f.origin && f.cors_method;
+        if !preflight && !policy::method_allowed(&route.policy, head.method) {
+            return refuse(
+                decision,
+                GatewayError::MethodNotAllowed {
+                    method: head.method.clone(),
+                    allow: policy::allow_header(&route.policy),
+                },
+            );
+        }
+        if f.content_length.unwrap_or(0) > server.max_body_bytes {
+            decision.close = true;
+            return refuse(decision, GatewayError::Proxy(ProxyError::BodyTooLarge));
+        }
+        // Step 11's target, prepared before the token is checked so a
+        // verification only has to seal it.
+        decision.action = match &self.targets[index] {
+            Target::Static(_) => Action::Static { route: index },
+            Target::Upstream {
+                upstream,
+                strip_prefix,
+            } => {
+                let Some(server_index) = upstream.pick_index() else {
+                    return refuse(
+                        decision,
+                        GatewayError::Proxy(ProxyError::BadRequest("upstream has no servers")),
+                    );
+                };
+                let picked = &upstream.servers()[server_index];
+                let up_path = match crate::proxy::upstream_path(
+                    path,
+                    strip_prefix.then_some(route.path.as_str()),
+                ) {
+                    Ok(p) => p,
+                    Err(e) => return refuse(decision, GatewayError::Proxy(e)),
+                };
+                let upgrade = (head.version == http::Version::HTTP_11 && f.upgrade_token)
+                    .then_some(f.upgrade)
+                    .flatten();
+                let peer_ip = conn.peer.ip().to_canonical();
+                let mut ip = [0u8; 64];
+                let peer_ip = format_ip(peer_ip, &mut ip);
+                let mut out = crate::wire::spare::take();
+                fwd::write_request_head(
+                    &mut out,
+                    &Forwarding {
+                        method: head.method,
+                        path: up_path,
+                        query: head.query,
+                        host,
+                        preserve_host: upstream.config.preserve_host,
+                        server_host: picked.host.as_bytes(),
+                        peer_ip,
+                        tls: conn.tls,
+                        trusted: server
+                            .trusted_proxies
+                            .iter()
+                            .any(|n| n.contains(&conn.peer.ip().to_canonical())),
+                        forward_token: self.config.identity.forward_token,
+                        request_id: decision.request_id.as_bytes(),
+                        upgrade,
+                    },
+                    head.headers.clone(),
+                    |n| self.strip.matches_bytes(n),
+                );
+                Action::Proxy(ProxyPlan {
+                    upstream: upstream.clone(),
+                    server: server_index,
+                    head: out,
+                    upgrade: upgrade.is_some(),
+                })
+            }
+        };
+        // Step 10: credentials.
+        let auth = match (&route.policy.auth, &self.auth) {
+            (AuthMode::None, _) | (_, None) => None,
+            _ if preflight => None,
+            (mode, Some(auth)) => Some((*mode, auth)),
+        };
+        let Some((mode, auth)) = auth else {
+            self.settle(&mut decision, Ok(None));
+            return Step::Ready(decision);
+        };
+        let fail = |err: AuthError| GatewayError::Auth {
+            err,
+            scheme: auth.scheme().to_string(),
+        };
+        let value = match (f.authorization, f.authorizations) {
+            (None, _) if mode == AuthMode::Optional => {
+                self.settle(&mut decision, Ok(None));
+                return Step::Ready(decision);
+            }
+            (None, _) => return refuse(decision, fail(AuthError::NoCredentials)),
+            // SECURITY: two headers could be read differently upstream.
+            (Some(_), 2..) => return refuse(decision, fail(AuthError::BadHeader)),
+            (Some(v), _) => v,
+        };
+        // The common shape (`Bearer <token>`) is taken without the byte
+        // checks; the full parse decides the rest, and its error wins if
+        // the token then fails.
+        let (token, quick) = match auth.bearer_quick_bytes(value) {
+            Some(t) => (t, true),
+            None => match auth.bearer_in(std::iter::once(value)) {
+                Ok(Some(t)) => (t.as_bytes(), false),
+                Ok(None) if mode == AuthMode::Optional => {
+                    self.settle(&mut decision, Ok(None));
+                    return Step::Ready(decision);
+                }
+                Ok(None) => return refuse(decision, fail(AuthError::NoCredentials)),
+                Err(e) => return refuse(decision, fail(e)),
+            },
+        };
+        if let Some(hit) = auth.cached(token) {
+            let outcome = hit.and_then(|id| {
+                if policy::claims_satisfy(&route.policy.require, id.claims()) {
+                    Ok(Some(id))
+                } else {
+                    Err(AuthError::Forbidden)
+                }
+            });
+            self.settle(&mut decision, outcome);
+            return Step::Ready(decision);
+        }
+        let header_error = if quick {
+            auth.bearer_in(std::iter::once(value)).err()
+        } else {
+            None
+        };
+        let Ok(token) = std::str::from_utf8(token) else {
+            return refuse(decision, fail(header_error.unwrap_or(AuthError::BadHeader)));
+        };
+        Step::Verify(Pending {
+            state: self,
+            decision,
+            auth,
+            token: token.to_owned(),
+            header_error,
+            rules: &route.policy.require,
+        })
+    }
+
+    /// Ends step 10: an identity seals the upstream head with the identity
+    /// header lines (rendered once per cached token); a refusal replaces
+    /// the action.
+    fn settle(&self, decision: &mut Decision, outcome: Result<Option<Identity>, AuthError>) {
+        match outcome {
+            Err(err) => {
+                let scheme = self.auth.as_ref().map_or("Bearer", |a| a.scheme());
+                if let Action::Proxy(plan) = &mut decision.action {
+                    crate::wire::spare::give(std::mem::take(&mut plan.head));
+                }
+                decision.action = Action::Answer(response::error_response(&GatewayError::Auth {
+                    err,
+                    scheme: scheme.to_string(),
+                }));
+            }
+            Ok(Some(id)) => {
+                if let Action::Proxy(plan) = &mut decision.action {
+                    plan.head.extend_from_slice(id.rendered(|id| {
+                        let mut lines = Vec::new();
+                        for (name, value) in self.identity_headers(id) {
+                            crate::wire::header(
+                                &mut lines,
+                                name.as_str().as_bytes(),
+                                value.as_bytes(),
+                            );
+                        }
+                        lines
+                    }));
+                }
+            }
+            Ok(None) => {}
+        }
+    }
+
+    /// The identity headers for a verified token.
+    fn identity_headers(&self, id: &Identity) -> Vec<(http::HeaderName, HeaderValue)> {
+        identity::build(
+            &self.config.identity,
+            id.claims(),
+            self.config
+                .jwt
+                .as_ref()
+                .map_or("user_id", |j| j.user_id_claim.as_str()),
+            id.user_id(),
+        )
+    }
+
+    /// Step 11 for a static route: the file server, or its error answer.
+    pub(crate) async fn serve_static(
+        &self,
+        route: usize,
+        req: http::Request<()>,
+    ) -> Response<Body> {
+        let files = match self.targets.get(route) {
+            Some(Target::Static(files)) => files,
+            _ => return response::error_response(&GatewayError::NoRoute),
+        };
+        let Some(r) = self.router.routes().get(route) else {
+            return response::error_response(&GatewayError::NoRoute);
+        };
+        match files.serve(req, &r.path).await {
+            Ok(resp) => resp,
+            Err(e) => response::error_response(&GatewayError::from(e)),
+        }
+    }
+
+    /// Largest body a token route reads (0 without token routes).
+    pub(crate) fn token_body_limit(&self) -> u64 {
+        self.tokens.as_ref().map_or(0, |t| t.body_limit())
+    }
+
+    /// Answers a token route (a decision said `Action::Tokens`); `req`'s
+    /// body was read whole, `None` when over `token_body_limit`.
+    pub(crate) async fn token_route(
+        &self,
+        endpoint: Endpoint,
+        req: http::Request<Option<bytes::Bytes>>,
+        client: IpAddr,
+    ) -> Response<Body> {
+        let (Some(tokens), Some(auth)) = (self.tokens.as_ref(), self.auth.as_ref()) else {
+            return response::error_response(&GatewayError::NoRoute);
+        };
+        tokens.handle(endpoint, req, client, auth).await
+    }
+}
+
+/// Formats an address into `buf` without allocating.
+fn format_ip(ip: IpAddr, buf: &mut [u8; 64]) -> &str {
+    use std::io::Write;
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    let _ = write!(cursor, "{ip}");
+    let n = usize::try_from(cursor.position()).unwrap_or(0);
+    std::str::from_utf8(&buf[..n]).unwrap_or("")
+}
+
+pub(crate) fn health() -> Response<Body> {
+    let mut resp = Response::new(response::full("ok"));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// 308 to the same host and path on https (the port shown unless 443).
+fn redirect_to_https(
+    host: Option<&[u8]>,
+    path: &str,
+    query: Option<&str>,
+    port: u16,
+) -> Response<Body> {
+    let host = host
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .and_then(|h| h.parse::<http::uri::Authority>().ok());
+    let Some(host) = host else {
+        return response::error_response(&GatewayError::Request(RequestError::MissingHost));
+    };
+    let host = host.host();
+    let q = query.map(|q| format!("?{q}")).unwrap_or_default();
+    let location = if port == 443 {
+        format!("https://{host}{path}{q}")
+    } else {
+        format!("https://{host}:{port}{path}{q}")
+    };
+    let mut resp = Response::new(response::empty());
+    *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    match HeaderValue::from_str(&location) {
+        Ok(v) => {
+            resp.headers_mut().insert(header::LOCATION, v);
+            resp
+        }
+        Err(_) => response::json_detail(StatusCode::BAD_REQUEST, "Bad request."),
+    }
+}

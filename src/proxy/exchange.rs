@@ -1,0 +1,649 @@
+//! One upstream exchange for every path: take a pooled connection to the
+//! server, write the request head and body, read the response head (1xx
+//! skipped) within the upstream timeout, and the one retry rule.
+//!
+//! Both executors (the raw HTTP/1.1 one in `h1` and the hyper one in
+//! `handler::general`) call `exchange`; they differ only in how they read
+//! the client's body (`BodySource`) and relay the answer.
+//!
+//! Request buffering (nginx's `proxy_request_buffering on`): a body up to
+//! the upstream's `request_buffering` is received whole (`buffer`) before
+//! a connection is taken, so a slow client never holds an app worker.
+//! Buffered bytes are charged to a process-wide `Budget` as they arrive.
+
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::client::Stream;
+use super::upstream::Server;
+use super::ProxyError;
+use crate::clock::now_ms;
+use crate::wire::{hex_len, spare};
+
+/// Largest upstream response head accepted.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Read size for response heads.
+const HEAD_READ: usize = 16 * 1024;
+/// Largest piece of a streamed request body written at once.
+const PIECE: usize = 64 * 1024;
+
+/// A request body read from the client, piece by piece.
+pub trait BodySource: Send {
+    /// Appends the next payload bytes (not framed) to `out`. `Ok(false)`:
+    /// the body has ended (nothing appended).
+    fn poll_payload(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &mut Vec<u8>,
+    ) -> Poll<Result<bool, ProxyError>>;
+}
+
+/// How the request body reaches the upstream.
+pub enum ReqBody<'a, S: ?Sized = NoSource> {
+    /// Held whole in memory (or absent): it can be sent again.
+    Whole(&'a [u8]),
+    /// Streamed as it arrives: `sent` bytes were buffered first, the rest
+    /// comes from `source`; `chunked` frames it for the upstream (a body of
+    /// unknown length).
+    Stream {
+        sent: &'a [u8],
+        source: &'a mut S,
+        chunked: bool,
+        /// Payload bytes the client may still send (`max_body_bytes`).
+        limit: u64,
+    },
+}
+
+/// The source of a `ReqBody::Whole`: there is nothing more to read.
+pub struct NoSource;
+
+impl BodySource for NoSource {
+    fn poll_payload(
+        &mut self,
+        _: &mut Context<'_>,
+        _: &mut Vec<u8>,
+    ) -> Poll<Result<bool, ProxyError>> {
+        Poll::Ready(Ok(false))
+    }
+}
+
+impl<S: ?Sized> ReqBody<'_, S> {
+    fn streamed(&self) -> bool {
+        matches!(self, ReqBody::Stream { .. })
+    }
+}
+
+/// A failure of the exchange.
+#[derive(Debug)]
+pub struct Failed {
+    pub error: ProxyError,
+    /// Part of the request body is still unread on the client connection:
+    /// it must be closed after the answer.
+    pub client_body_left: bool,
+}
+
+impl Failed {
+    fn new(error: ProxyError, client_body_left: bool) -> Self {
+        Failed {
+            error,
+            client_body_left,
+        }
+    }
+}
+
+/// The upstream's response head has arrived.
+pub struct Exchanged {
+    pub stream: Stream,
+    /// Bytes read: the final response head (`head_len` bytes) first, then
+    /// whatever of the body came with it.
+    pub buf: Vec<u8>,
+    pub head_len: usize,
+    pub status: u16,
+}
+
+/// Ends an upstream request head: the body's framing field, then the
+/// blank line. `body`: its length, or `None` for chunked. A length goes in
+/// canonical form (`0005` arrives as `5`); a bodiless request gets
+/// `content-length: 0` only when the client declared one, or when its
+/// method always carries a body.
+pub fn frame_request(head: &mut Vec<u8>, method: &http::Method, body: Option<u64>, declared: bool) {
+    match body {
+        None => crate::wire::header(head, b"transfer-encoding", b"chunked"),
+        Some(n) => {
+            let bodied = matches!(
+                *method,
+                http::Method::POST | http::Method::PUT | http::Method::PATCH
+            );
+            if n > 0 || declared || bodied {
+                let mut b = itoa::Buffer::new();
+                crate::wire::header(head, b"content-length", b.format(n).as_bytes());
+            }
+        }
+    }
+    head.extend_from_slice(b"\r\n");
+}
+
+/// The retry rule, the same on every path (RFC 9110 9.2.2): a request is
+/// sent again, on a new connection, only when it failed on a reused pooled
+/// connection (which the server may have closed meanwhile) and either no
+/// byte of it was handed to that connection, or its method is idempotent
+/// and its body is still in memory. A POST that was written is never sent
+/// twice: the app may have performed it.
+pub fn may_resend(reused: bool, written: bool, method: &http::Method, streamed: bool) -> bool {
+    reused && (!written || (method.is_idempotent() && !streamed))
+}
+
+/// Sends one request to `server` and reads the final response head.
+/// `head` is the whole request head, blank line included.
+///
+/// Boxed, with `Send` stated here: its state is large, and the compiler
+/// cannot prove `Send` for it through the futures that embed it (the
+/// higher-ranked lifetimes of the body source's poll closure).
+#[allow(clippy::too_many_arguments)]
+pub fn exchange<'a, S: BodySource + ?Sized>(
+    server: &'a Server,
+    name: &'a str,
+    timeout: Duration,
+    method: &'a http::Method,
+    head: &'a [u8],
+    body: ReqBody<'a, S>,
+    upgrade: bool,
+    timer: &'a mut HeadTimer,
+) -> Pin<Box<dyn Future<Output = Result<Exchanged, Failed>> + Send + 'a>> {
+    Box::pin(exchange_inner(
+        server, name, timeout, method, head, body, upgrade, timer,
+    ))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn exchange_inner<S: BodySource + ?Sized>(
+    server: &Server,
+    name: &str,
+    timeout: Duration,
+    method: &http::Method,
+    head: &[u8],
+    mut body: ReqBody<'_, S>,
+    upgrade: bool,
+    timer: &mut HeadTimer,
+) -> Result<Exchanged, Failed> {
+    let mut fresh_only = false;
+    loop {
+        let taken = if fresh_only {
+            server.pool.connect().await
+        } else {
+            server.pool.take().await
+        };
+        let mut taken = taken.map_err(|e| {
+            Failed::new(
+                ProxyError::Connect {
+                    upstream: name.to_string(),
+                    source: e.into(),
+                },
+                body.streamed(),
+            )
+        })?;
+        let streamed = body.streamed();
+        // Head and a body held in memory go out in one write.
+        let first: &[u8] = match &body {
+            ReqBody::Whole(b) | ReqBody::Stream { sent: b, .. } => b,
+        };
+        let write = if first.is_empty() {
+            taken.stream.write_all(head).await
+        } else {
+            let mut both = spare::take();
+            both.extend_from_slice(head);
+            if let ReqBody::Stream { chunked: true, .. } = body {
+                chunk_frame(&mut both, first);
+            } else {
+                both.extend_from_slice(first);
+            }
+            let r = taken.stream.write_all(&both).await;
+            spare::give(both);
+            r
+        };
+        if let Err(e) = write {
+            // Not a whole request reached the server: it cannot have acted.
+            if may_resend(taken.reused, false, method, streamed) {
+                fresh_only = true;
+                continue;
+            }
+            return Err(Failed::new(upstream_err(name, e), body.streamed()));
+        }
+        if let ReqBody::Stream {
+            source,
+            chunked,
+            limit,
+            sent,
+        } = &mut body
+        {
+            let limit = limit.saturating_sub(sent.len() as u64);
+            pump(
+                &mut taken.stream,
+                &mut **source,
+                *chunked,
+                limit,
+                timeout,
+                name,
+            )
+            .await?;
+        }
+        match read_head(&mut taken.stream, timeout, upgrade, timer).await {
+            Ok((buf, head_len, status)) => {
+                return Ok(Exchanged {
+                    stream: taken.stream,
+                    buf,
+                    head_len,
+                    status,
+                })
+            }
+            Err(HeadError::Closed) if may_resend(taken.reused, true, method, streamed) => {
+                fresh_only = true;
+            }
+            Err(HeadError::Closed) => {
+                return Err(Failed::new(
+                    upstream_err(
+                        name,
+                        io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "connection closed before the response",
+                        ),
+                    ),
+                    false,
+                ))
+            }
+            Err(HeadError::Io(e)) => return Err(Failed::new(upstream_err(name, e), false)),
+            Err(HeadError::Timeout) => {
+                return Err(Failed::new(
+                    ProxyError::Timeout {
+                        upstream: name.to_string(),
+                        after: timeout,
+                    },
+                    false,
+                ))
+            }
+        }
+    }
+}
+
+fn upstream_err(name: &str, e: io::Error) -> ProxyError {
+    ProxyError::Upstream {
+        upstream: name.to_string(),
+        source: e.into(),
+    }
+}
+
+fn chunk_frame(out: &mut Vec<u8>, data: &[u8]) {
+    if data.is_empty() {
+        return;
+    }
+    let mut hex = [0u8; 16];
+    out.extend_from_slice(hex_len(data.len(), &mut hex));
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Copies the rest of a streamed body to the upstream, each client read
+/// and upstream write within `timeout` (a steady upload is never cut off,
+/// a stalled one is).
+async fn pump<S: BodySource + ?Sized>(
+    stream: &mut Stream,
+    source: &mut S,
+    chunked: bool,
+    mut limit: u64,
+    timeout: Duration,
+    name: &str,
+) -> Result<(), Failed> {
+    let mut piece = Vec::with_capacity(PIECE);
+    let mut framed = Vec::new();
+    loop {
+        piece.clear();
+        let read = tokio::time::timeout(timeout, poll_fn(|cx| source.poll_payload(cx, &mut piece)));
+        let more = match read.await {
+            Err(_) => {
+                return Err(Failed::new(
+                    ProxyError::ClientBodyTimeout { after: timeout },
+                    true,
+                ))
+            }
+            Ok(Err(e)) => return Err(Failed::new(e, true)),
+            Ok(Ok(more)) => more,
+        };
+        let n = piece.len() as u64;
+        if n > limit {
+            return Err(Failed::new(ProxyError::BodyTooLarge, true));
+        }
+        limit -= n;
+        let out: &[u8] = if chunked {
+            framed.clear();
+            chunk_frame(&mut framed, &piece);
+            if !more {
+                framed.extend_from_slice(b"0\r\n\r\n");
+            }
+            &framed
+        } else {
+            &piece
+        };
+        if !out.is_empty() {
+            match tokio::time::timeout(timeout, stream.write_all(out)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    return Err(Failed::new(
+                        ProxyError::Upstream {
+                            upstream: name.to_string(),
+                            source: e.into(),
+                        },
+                        more,
+                    ))
+                }
+                Err(_) => {
+                    return Err(Failed::new(
+                        ProxyError::Timeout {
+                            upstream: name.to_string(),
+                            after: timeout,
+                        },
+                        more,
+                    ))
+                }
+            }
+        }
+        if !more {
+            return Ok(());
+        }
+    }
+}
+
+enum HeadError {
+    /// The connection ended before a byte of the response.
+    Closed,
+    Io(io::Error),
+    Timeout,
+}
+
+/// Reads the upstream's final response head (1xx answers skipped; a 101
+/// only when an upgrade was asked for) within `timeout`. Returns the
+/// buffer (head first), the head's length and the status.
+async fn read_head(
+    stream: &mut Stream,
+    timeout: Duration,
+    upgrade: bool,
+    timer: &mut HeadTimer,
+) -> Result<(Vec<u8>, usize, u16), HeadError> {
+    let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+    let deadline = now_ms().saturating_add(timeout_ms);
+    let mut buf = spare::take();
+    let mut got_any = false;
+    loop {
+        if let Some(len) = head_end(&buf) {
+            let status = status_of(&buf).ok_or_else(|| invalid("invalid response status line"))?;
+            match status {
+                101 if upgrade => return Ok((buf, len, status)),
+                101 => {
+                    return Err(invalid(
+                        "upstream switched protocols without an upgrade request",
+                    ))
+                }
+                100..=199 => {
+                    buf.drain(..len);
+                    continue;
+                }
+                _ => return Ok((buf, len, status)),
+            }
+        }
+        if buf.len() >= MAX_RESPONSE_HEAD {
+            return Err(invalid("response head too large"));
+        }
+        buf.reserve(HEAD_READ);
+        match timer.within(deadline, stream.read_buf(&mut buf)).await {
+            None => return Err(HeadError::Timeout),
+            Some(Ok(0)) if !got_any => return Err(HeadError::Closed),
+            Some(Ok(0)) => {
+                return Err(HeadError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed inside the response head",
+                )))
+            }
+            Some(Ok(_)) => got_any = true,
+            Some(Err(e))
+                if !got_any
+                    && matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+                    ) =>
+            {
+                return Err(HeadError::Closed)
+            }
+            Some(Err(e)) => return Err(HeadError::Io(e)),
+        }
+    }
+}
+
+fn invalid(what: &str) -> HeadError {
+    HeadError::Io(io::Error::new(io::ErrorKind::InvalidData, what.to_string()))
+}
+
+/// The length of the head at the start of `buf`, once it is complete (a
+/// blank line; bare LF line ends are found too and left to the parser).
+fn head_end(buf: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while let Some(p) = buf.get(i..)?.iter().position(|&b| b == b'\n') {
+        let at = i + p;
+        match buf.get(at + 1) {
+            Some(b'\n') => return Some(at + 2),
+            Some(b'\r') if buf.get(at + 2) == Some(&b'\n') => return Some(at + 3),
+            _ => i = at + 1,
+        }
+    }
+    None
+}
+
+/// The status code of `HTTP/1.x NNN ...`.
+fn status_of(buf: &[u8]) -> Option<u16> {
+    let code = buf.get(9..12)?;
+    if !buf.starts_with(b"HTTP/1.") || !code.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(code).ok()?.parse().ok()
+}
+
+/// The upstream timeouts of a connection's requests, on one timer: a
+/// request only names its deadline, and the timer is moved when it fires
+/// before that deadline (or is set past it), so a request costs no
+/// timer-wheel insertion and removal.
+#[derive(Default)]
+pub struct HeadTimer {
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// When the timer is set to fire (`now_ms` clock).
+    armed: u64,
+}
+
+impl HeadTimer {
+    /// `fut`'s output, or `None` once `deadline` (`now_ms` clock) passes.
+    pub async fn within<F: Future>(&mut self, deadline: u64, fut: F) -> Option<F::Output> {
+        let HeadTimer { sleep, armed } = self;
+        let arm = |sleep: &mut Option<Pin<Box<tokio::time::Sleep>>>, armed: &mut u64| {
+            let wait = Duration::from_millis(deadline.saturating_sub(now_ms()));
+            let at = tokio::time::Instant::now() + wait;
+            match sleep {
+                Some(s) => s.as_mut().reset(at),
+                None => *sleep = Some(Box::pin(tokio::time::sleep_until(at))),
+            }
+            *armed = deadline;
+        };
+        if sleep.is_none() || *armed > deadline {
+            arm(sleep, armed);
+        }
+        tokio::pin!(fut);
+        loop {
+            let s = sleep.as_mut()?;
+            tokio::select! {
+                biased;
+                out = &mut fut => return Some(out),
+                () = s.as_mut() => {
+                    if now_ms() >= deadline {
+                        return None;
+                    }
+                    // An earlier request's deadline (or a fire while idle).
+                    arm(sleep, armed);
+                }
+            }
+        }
+    }
+}
+
+/// Memory all connections together may hold in buffered request bodies.
+#[derive(Debug)]
+pub struct Budget {
+    used: AtomicU64,
+    limit: u64,
+}
+
+/// Bytes charged to the budget, given back when dropped.
+#[derive(Debug)]
+pub struct Charge {
+    budget: Arc<Budget>,
+    bytes: u64,
+}
+
+impl Budget {
+    pub fn new(limit: u64) -> Arc<Budget> {
+        Arc::new(Budget {
+            used: AtomicU64::new(0),
+            limit,
+        })
+    }
+
+    pub fn charge(self: &Arc<Self>) -> Charge {
+        Charge {
+            budget: self.clone(),
+            bytes: 0,
+        }
+    }
+
+    /// Bytes currently charged.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Acquire)
+    }
+}
+
+impl Charge {
+    /// Charges `n` more bytes; `BufferBudget` when the budget is spent.
+    pub fn add(&mut self, n: u64) -> Result<(), ProxyError> {
+        let b = &self.budget;
+        let mut used = b.used.load(Ordering::Acquire);
+        loop {
+            let next = used.saturating_add(n);
+            if next > b.limit {
+                return Err(ProxyError::BufferBudget);
+            }
+            match b
+                .used
+                .compare_exchange_weak(used, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => break,
+                Err(now) => used = now,
+            }
+        }
+        self.bytes += n;
+        Ok(())
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+/// Receives a body whole when it fits in `limit` bytes: `Ok(true)` with
+/// the payload in `out`; `Ok(false)` when it did not fit (`out` holds the
+/// first `limit`-or-more bytes read, the rest is to stream). Each read is
+/// given `timeout` (408 when the client stalls). Boxed as `exchange` is.
+pub fn buffer<'a, S: BodySource + ?Sized>(
+    source: &'a mut S,
+    out: &'a mut Vec<u8>,
+    limit: u64,
+    charge: &'a mut Charge,
+    timeout: Duration,
+) -> Pin<Box<dyn Future<Output = Result<bool, ProxyError>> + Send + 'a>> {
+    Box::pin(buffer_inner(source, out, limit, charge, timeout))
+}
+
+async fn buffer_inner<S: BodySource + ?Sized>(
+    source: &mut S,
+    out: &mut Vec<u8>,
+    limit: u64,
+    charge: &mut Charge,
+    timeout: Duration,
+) -> Result<bool, ProxyError> {
+    loop {
+        let before = out.len();
+        let read = tokio::time::timeout(timeout, poll_fn(|cx| source.poll_payload(cx, out)));
+        let more = match read.await {
+            Err(_) => return Err(ProxyError::ClientBodyTimeout { after: timeout }),
+            Ok(r) => r?,
+        };
+        charge.add((out.len() - before) as u64)?;
+        if !more {
+            return Ok(true);
+        }
+        if out.len() as u64 > limit {
+            return Ok(false);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Method;
+
+    #[test]
+    fn retry_rule() {
+        // Nothing written on a reused connection: always safe.
+        assert!(may_resend(true, false, &Method::POST, true));
+        // Written: only idempotent methods with the body in memory.
+        assert!(may_resend(true, true, &Method::GET, false));
+        assert!(may_resend(true, true, &Method::PUT, false));
+        assert!(!may_resend(true, true, &Method::PUT, true));
+        assert!(!may_resend(true, true, &Method::POST, false));
+        assert!(!may_resend(true, true, &Method::PATCH, false));
+        assert!(!may_resend(
+            true,
+            true,
+            &Method::from_bytes(b"LOCK").unwrap(),
+            false
+        ));
+        // A fresh connection that failed is not retried.
+        assert!(!may_resend(false, false, &Method::GET, false));
+    }
+
+    #[test]
+    fn heads_are_found() {
+        assert_eq!(head_end(b"HTTP/1.1 200 OK\r\n\r\nbody"), Some(19));
+        assert_eq!(head_end(b"HTTP/1.1 200 OK\n\nbody"), Some(17));
+        assert_eq!(head_end(b"HTTP/1.1 200 OK\r\nA: b\r\n"), None);
+        assert_eq!(status_of(b"HTTP/1.1 103 Early"), Some(103));
+        assert_eq!(status_of(b"HTTP/2 200"), None);
+    }
+
+    #[test]
+    fn budget_is_shared_and_given_back() {
+        let b = Budget::new(10);
+        let mut one = b.charge();
+        one.add(6).unwrap();
+        let mut two = b.charge();
+        assert!(matches!(two.add(5), Err(ProxyError::BufferBudget)));
+        two.add(4).unwrap();
+        drop(one);
+        assert_eq!(b.used(), 4);
+        drop(two);
+        assert_eq!(b.used(), 0);
+    }
+}
