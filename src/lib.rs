@@ -19,6 +19,7 @@
 //! - [`config`] loads and validates the TOML file before anything binds.
 
 pub mod auth;
+pub mod body;
 pub mod clock;
 pub mod config;
 pub mod h1;
@@ -34,4 +35,5 @@ pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub mod tokens;
+pub mod watchdog;
 pub mod wire;

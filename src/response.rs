@@ -6,33 +6,18 @@
 //! JSON objects `{"detail": "..."}` with no internal detail; the cause is
 //! logged once, by the access log, from the response extensions.
 
-use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
-use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full};
+
+pub use crate::body::{
+    empty, error_chain, full, json_detail, json_response, Body, BoxError, ErrorNote,
+};
 
 use crate::auth::jwt::TokenProblem;
 use crate::auth::AuthError;
 use crate::proxy::ProxyError;
 use crate::static_files::StaticError;
-use crate::tokens::TokenError;
 use crate::wire::RequestError;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// The body type of every response the gateway sends.
-pub type Body = UnsyncBoxBody<Bytes, BoxError>;
-
-pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into())
-        .map_err(|e| match e {})
-        .boxed_unsync()
-}
-
-pub fn empty() -> Body {
-    Empty::new().map_err(|e| match e {}).boxed_unsync()
-}
-
-/// A failure on the request path, tagged by the module that met it.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     #[error("no route matches the request path")]
@@ -54,10 +39,6 @@ pub enum GatewayError {
     #[error("method {method} not allowed on this route")]
     MethodNotAllowed { method: http::Method, allow: String },
 }
-
-/// Kept in the response extensions so the access log can record the cause.
-#[derive(Debug, Clone)]
-pub struct ErrorNote(pub String);
 
 impl GatewayError {
     pub fn status(&self) -> StatusCode {
@@ -241,105 +222,4 @@ fn invalid_token_challenge(scheme: &str, problem: TokenProblem) -> String {
         "{scheme} realm=\"api\", error=\"invalid_token\", error_description=\"{}\"",
         problem.message().replace('"', "'")
     )
-}
-
-/// `{"detail": "..."}` with the given status.
-pub fn json_detail(status: StatusCode, detail: &str) -> Response<Body> {
-    let body = serde_json::json!({ "detail": detail }).to_string();
-    json_response(status, body)
-}
-
-pub fn json_response(status: StatusCode, body: String) -> Response<Body> {
-    let mut resp = Response::new(full(body));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
-}
-
-/// The error and its sources on one line, for logs.
-pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        out.push_str(": ");
-        out.push_str(&e.to_string());
-        cur = e.source();
-    }
-    out
-}
-
-/// Token route failures, with simplejwt's (and DRF's) exact bodies.
-pub fn token_error_response(err: &TokenError, scheme: &str) -> Response<Body> {
-    use serde_json::json;
-    let (status, body) = match err {
-        TokenError::MethodNotAllowed(m) => (
-            StatusCode::METHOD_NOT_ALLOWED,
-            json!({"detail": format!("Method \"{m}\" not allowed.")}),
-        ),
-        TokenError::UnsupportedMediaType(ct) => (
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            json!({"detail": format!("Unsupported media type \"{ct}\" in request.")}),
-        ),
-        TokenError::ParseError(msg) => (StatusCode::BAD_REQUEST, json!({"detail": msg})),
-        TokenError::NonField(msg) => (StatusCode::BAD_REQUEST, json!({"non_field_errors": [msg]})),
-        TokenError::Fields(list) => {
-            let mut m = serde_json::Map::new();
-            for (field, msg) in list {
-                m.insert((*field).to_string(), json!([msg]));
-            }
-            (StatusCode::BAD_REQUEST, serde_json::Value::Object(m))
-        }
-        TokenError::BodyTooLarge => (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            json!({"detail": "Request body too large."}),
-        ),
-        TokenError::BadCredentials => (
-            StatusCode::UNAUTHORIZED,
-            json!({"detail": "No active account found with the given credentials"}),
-        ),
-        TokenError::InactiveForToken => (
-            StatusCode::UNAUTHORIZED,
-            json!({"detail": "No active account found for the given token."}),
-        ),
-        TokenError::Token(problem) => (
-            StatusCode::UNAUTHORIZED,
-            json!({"detail": problem.message(), "code": "token_not_valid"}),
-        ),
-        TokenError::VerifyBlacklisted => (
-            StatusCode::BAD_REQUEST,
-            json!({"non_field_errors": ["Token is blacklisted"]}),
-        ),
-        TokenError::RateLimited { retry_after } => (
-            StatusCode::TOO_MANY_REQUESTS,
-            json!({"detail": format!("Too many failed login attempts. Try again in {retry_after} seconds.")}),
-        ),
-        TokenError::CredentialsUnavailable(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({"detail": "Authentication service unavailable. Try again later."}),
-        ),
-        TokenError::Store(_) | TokenError::Sign(_) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            json!({"detail": "Internal server error."}),
-        ),
-        TokenError::NoJwks => (StatusCode::NOT_FOUND, json!({"detail": "Not found."})),
-    };
-    let mut resp = json_response(status, body.to_string());
-    if status == StatusCode::UNAUTHORIZED {
-        if let Ok(v) = HeaderValue::from_str(&format!("{scheme} realm=\"api\"")) {
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
-        }
-    }
-    if let TokenError::RateLimited { retry_after } = err {
-        if let Ok(v) = HeaderValue::from_str(&retry_after.to_string()) {
-            resp.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-    }
-    if status.is_server_error() {
-        tracing::error!(error = %error_chain(err), "token route failed");
-    }
-    resp.extensions_mut().insert(ErrorNote(error_chain(err)));
-    resp
 }

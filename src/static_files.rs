@@ -39,8 +39,8 @@ use std::sync::{Arc, Mutex};
 use std::time::UNIX_EPOCH;
 use tower_http::services::ServeDir;
 
+use crate::body::{Body, BoxError};
 use crate::config::StaticRoute;
-use crate::response::{Body, BoxError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StaticError {
@@ -200,12 +200,12 @@ impl StaticFiles {
         }
         let body = if req.method() == Method::HEAD {
             // Keep Content-Length: a HEAD answers what a GET would send.
-            let mut r = Response::new(crate::response::empty());
+            let mut r = Response::new(crate::body::empty());
             r.headers_mut()
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(file.body.len()));
             r
         } else {
-            let mut r = Response::new(crate::response::full(file.body.clone()));
+            let mut r = Response::new(crate::body::full(file.body.clone()));
             if let Some(open) = &file.open {
                 r.extensions_mut().insert(SendFile {
                     file: open.clone(),
@@ -293,7 +293,7 @@ impl StaticFiles {
     fn open_response(&self, head: bool, open: &OpenFile) -> Response<Body> {
         let len = open.len;
         let mut resp = if head {
-            let mut r = Response::new(crate::response::empty());
+            let mut r = Response::new(crate::body::empty());
             r.headers_mut()
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
             r
@@ -557,7 +557,7 @@ impl StaticFiles {
             location.push('?');
             location.push_str(q);
         }
-        let mut resp = Response::new(crate::response::empty());
+        let mut resp = Response::new(crate::body::empty());
         *resp.status_mut() = StatusCode::TEMPORARY_REDIRECT;
         if let Ok(v) = HeaderValue::from_str(&location) {
             resp.headers_mut().insert(header::LOCATION, v);
@@ -601,7 +601,7 @@ impl StaticFiles {
     }
 
     fn not_modified_with(&self, etag: &str, last_modified: Option<HeaderValue>) -> Response<Body> {
-        let mut resp = Response::new(crate::response::empty());
+        let mut resp = Response::new(crate::body::empty());
         *resp.status_mut() = StatusCode::NOT_MODIFIED;
         let h = resp.headers_mut();
         if let Ok(v) = HeaderValue::from_str(etag) {

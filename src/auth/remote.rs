@@ -119,7 +119,7 @@ impl RemoteIssuer {
         match self.fetch_and_store().await {
             Ok(_) => true,
             Err(e) => {
-                tracing::warn!(issuer = %self.config.issuer, error = %crate::response::error_chain(&e), "JWKS refetch failed; keeping the last good set");
+                tracing::warn!(issuer = %self.config.issuer, error = %crate::body::error_chain(&e), "JWKS refetch failed; keeping the last good set");
                 false
             }
         }
@@ -134,7 +134,7 @@ impl RemoteIssuer {
                 let Some(me) = weak.upgrade() else { return };
                 let every = me.config.jwks_refresh;
                 if let Err(e) = me.refresh().await {
-                    tracing::error!(issuer = %me.config.issuer, error = %crate::response::error_chain(&e), "JWKS fetch failed; keeping the last good set");
+                    tracing::error!(issuer = %me.config.issuer, error = %crate::body::error_chain(&e), "JWKS fetch failed; keeping the last good set");
                 }
                 drop(me);
                 tokio::time::sleep(every).await;

@@ -1,5 +1,5 @@
 //! The hyper executor: carries decisions out for HTTP/2, HTTP/1.0, upgrades,
-//! chunked uploads and every HTTP/1.1 connection the raw executor
+//! `Expect: 100-continue` and every HTTP/1.1 connection the raw executor
 //! (`crate::h1`) handed over. The decision is `AppState::decide`'s, the
 //! same as on the raw path; only the framing differs.
 

@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use super::client::Stream;
 use super::exchange::Exchanged;
 use super::pool::Pool;
-use crate::response::{Body, BoxError};
+use crate::body::{Body, BoxError};
 use crate::wire::{ChunkedScan, Decoded};
 
 const READ: usize = 16 * 1024;
@@ -79,7 +79,7 @@ pub fn switched(got: Exchanged) -> io::Result<(Response<Body>, Upgraded)> {
             "incomplete head",
         ));
     };
-    let mut resp = Response::new(crate::response::empty());
+    let mut resp = Response::new(crate::body::empty());
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let mut upgrade = None;
     for h in parsed.headers.iter() {

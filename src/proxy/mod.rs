@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use crate::response::{Body, BoxError};
+use crate::body::{Body, BoxError};
 use crate::wire::RequestError;
 use exchange::{BodySource, Budget, ReqBody};
 pub use upstream::Upstream;

@@ -296,7 +296,7 @@ async fn delegate(
 }
 
 /// The app's answer, at most 64 KiB.
-async fn read_answer(mut body: crate::response::Body) -> Result<Vec<u8>, CredentialsError> {
+async fn read_answer(mut body: crate::body::Body) -> Result<Vec<u8>, CredentialsError> {
     let mut out = Vec::new();
     while let Some(frame) = body.frame().await {
         if let Ok(data) = frame.map_err(unavailable)?.into_data() {

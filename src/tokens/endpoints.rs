@@ -10,7 +10,7 @@ use super::issue::{extra_claims, new_jti, Claims};
 use super::{blocking, rate_limit, request, unix_now, TokenError, TokenService};
 use crate::auth::jwt::TokenProblem;
 use crate::auth::Authenticator;
-use crate::response::{self, Body};
+use crate::body::{self as response, Body};
 use crate::store::{Family, RefreshUse};
 
 fn secs(d: std::time::Duration) -> i64 {

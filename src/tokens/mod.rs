@@ -9,6 +9,7 @@
 
 pub mod credentials;
 pub mod endpoints;
+mod errors;
 pub mod issue;
 pub mod jwks;
 pub mod password;
@@ -22,9 +23,9 @@ use std::sync::Arc;
 
 use crate::auth::jwt::TokenProblem;
 use crate::auth::Authenticator;
+use crate::body::{self as response, Body};
 use crate::config::{Config, CredentialsConfig, TokensConfig};
 use crate::proxy::Upstream;
-use crate::response::{self, Body};
 use crate::store::{RevokedFamilies, Store, StoreError};
 use credentials::{Credentials, CredentialsError, Users};
 use issue::Signer;
@@ -185,7 +186,7 @@ impl TokenService {
         } else {
             match self.post(ep, req, peer, auth).await {
                 Ok(r) => r,
-                Err(e) => response::token_error_response(&e, auth.scheme()),
+                Err(e) => errors::error_response(&e, auth.scheme()),
             }
         };
         let h = resp.headers_mut();
@@ -302,7 +303,7 @@ impl TokenService {
                 );
                 r
             }
-            None => response::token_error_response(&TokenError::NoJwks, "Bearer"),
+            None => errors::error_response(&TokenError::NoJwks, "Bearer"),
         }
     }
 }
