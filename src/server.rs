@@ -358,11 +358,7 @@ async fn serve_connection(
         shared.header_read_timeout,
         shared.idle_timeout,
     ));
-    let conn_info = Arc::new(ConnInfo {
-        peer,
-        tls: mode.tls,
-        redirect_https_port: mode.redirect_https_port,
-    });
+    let conn_info = Arc::new(ConnInfo::new(peer, mode.tls, mode.redirect_https_port));
     if mode.tls {
         let acceptor = shared.tls.load_full();
         let Some(acceptor) = acceptor.as_ref().clone() else {

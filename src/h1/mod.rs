@@ -185,7 +185,9 @@ pub(crate) async fn serve<IO: ClientIo>(mut io: IO, env: Env<'_>) -> Outcome<IO>
         let start = log.then(Instant::now);
         let request_id = log.then(|| decision.request_id.as_str().to_string());
         let draining = *env.shutdown.borrow();
-        let served = (execute(
+        // Boxed: the request's state is large, and an idle connection
+        // should not carry it.
+        let served = Box::pin(execute(
             &mut io, &state, &env, decision, &method, request, &mut buf, head_len, draining,
             &mut timer,
         ))
@@ -314,29 +316,8 @@ struct Served {
 
 /// Carries a decision out. On return `buf` holds only bytes of the
 /// requests after this one.
-/// Boxed, with `Send` stated: its state is large (an idle connection
-/// should not carry it), and the compiler cannot prove `Send` through the
-/// connection task otherwise.
 #[allow(clippy::too_many_arguments)]
-fn execute<'a, IO: ClientIo>(
-    io: &'a mut IO,
-    state: &'a AppState,
-    env: &'a Env<'_>,
-    decision: Decision,
-    method: &'a http::Method,
-    request: Option<http::Request<()>>,
-    buf: &'a mut Vec<u8>,
-    head_len: usize,
-    draining: bool,
-    timer: &'a mut HeadTimer,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = Served> + Send + 'a>> {
-    Box::pin(execute_inner(
-        io, state, env, decision, method, request, buf, head_len, draining, timer,
-    ))
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn execute_inner<IO: ClientIo>(
+async fn execute<IO: ClientIo>(
     io: &mut IO,
     state: &AppState,
     env: &Env<'_>,

@@ -7,8 +7,6 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,19 +18,7 @@ use crate::telemetry::AccessRecord;
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Handles one request; returns the response and its access-log record.
-///
-/// Boxed, with `Send` stated here: the compiler cannot prove it through
-/// hyper's service closure otherwise (higher-ranked lifetimes).
-pub fn handle(
-    state: Arc<AppState>,
-    conn: &ConnInfo,
-    req: Request<Incoming>,
-    log: bool,
-) -> Pin<Box<dyn Future<Output = (Response<Body>, AccessRecord)> + Send + '_>> {
-    Box::pin(handle_inner(state, conn, req, log))
-}
-
-async fn handle_inner(
+pub async fn handle(
     state: Arc<AppState>,
     conn: &ConnInfo,
     req: Request<Incoming>,

@@ -229,6 +229,20 @@ pub struct ConnInfo {
     pub tls: bool,
     /// Set on the plain listener when `redirect_http`: the https port.
     pub redirect_https_port: Option<u16>,
+    /// The peer's address as the upstream sees it (canonical: an IPv4
+    /// client on a dual-stack listener stays IPv4), made once.
+    pub peer_ip: String,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, tls: bool, redirect_https_port: Option<u16>) -> Self {
+        ConnInfo {
+            peer,
+            tls,
+            redirect_https_port,
+            peer_ip: peer.ip().to_canonical().to_string(),
+        }
+    }
 }
 
 /// A request head as either executor sees it.
@@ -365,6 +379,8 @@ struct Facts<'h> {
     cors_method: bool,
     authorization: Option<&'h [u8]>,
     authorizations: usize,
+    /// Header names the Connection header lists (hop-by-hop).
+    named: Vec<&'h [u8]>,
 }
 
 impl<'h> Facts<'h> {
@@ -389,6 +405,9 @@ impl<'h> Facts<'h> {
                         .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
                 }
                 Name::Connection => {
+                    if crate::wire::names_headers(v) {
+                        f.named.extend(crate::wire::tokens(v));
+                    }
                     for t in crate::wire::tokens(v) {
                         if t.eq_ignore_ascii_case(b"close") {
                             f.close = true;
@@ -560,9 +579,6 @@ impl AppState {
                 let upgrade = (head.version == http::Version::HTTP_11 && f.upgrade_token)
                     .then_some(f.upgrade)
                     .flatten();
-                let peer_ip = conn.peer.ip().to_canonical();
-                let mut ip = [0u8; 64];
-                let peer_ip = format_ip(peer_ip, &mut ip);
                 let mut out = crate::wire::spare::take();
                 fwd::write_request_head(
                     &mut out,
@@ -573,7 +589,7 @@ impl AppState {
                         host,
                         preserve_host: upstream.config.preserve_host,
                         server_host: picked.host.as_bytes(),
-                        peer_ip,
+                        peer_ip: &conn.peer_ip,
                         tls: conn.tls,
                         trusted: server
                             .trusted_proxies
@@ -582,6 +598,7 @@ impl AppState {
                         forward_token: self.config.identity.forward_token,
                         request_id: decision.request_id.as_bytes(),
                         upgrade,
+                        connection_named: &f.named,
                     },
                     head.headers.clone(),
                     |n| self.strip.matches_bytes(n),
@@ -746,15 +763,6 @@ impl AppState {
         };
         tokens.handle(endpoint, req, client, auth).await
     }
-}
-
-/// Formats an address into `buf` without allocating.
-fn format_ip(ip: IpAddr, buf: &mut [u8; 64]) -> &str {
-    use std::io::Write;
-    let mut cursor = std::io::Cursor::new(&mut buf[..]);
-    let _ = write!(cursor, "{ip}");
-    let n = usize::try_from(cursor.position()).unwrap_or(0);
-    std::str::from_utf8(&buf[..n]).unwrap_or("")
 }
 
 pub(crate) fn health() -> Response<Body> {

@@ -141,28 +141,8 @@ pub fn may_resend(reused: bool, written: bool, method: &http::Method, streamed: 
 
 /// Sends one request to `server` and reads the final response head.
 /// `head` is the whole request head, blank line included.
-///
-/// Boxed, with `Send` stated here: its state is large, and the compiler
-/// cannot prove `Send` for it through the futures that embed it (the
-/// higher-ranked lifetimes of the body source's poll closure).
 #[allow(clippy::too_many_arguments)]
-pub fn exchange<'a, S: BodySource + ?Sized>(
-    server: &'a Server,
-    name: &'a str,
-    timeout: Duration,
-    method: &'a http::Method,
-    head: &'a [u8],
-    body: ReqBody<'a, S>,
-    upgrade: bool,
-    timer: &'a mut HeadTimer,
-) -> Pin<Box<dyn Future<Output = Result<Exchanged, Failed>> + Send + 'a>> {
-    Box::pin(exchange_inner(
-        server, name, timeout, method, head, body, upgrade, timer,
-    ))
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn exchange_inner<S: BodySource + ?Sized>(
+pub async fn exchange<S: BodySource + ?Sized>(
     server: &Server,
     name: &str,
     timeout: Duration,
@@ -564,18 +544,8 @@ impl Drop for Charge {
 /// Receives a body whole when it fits in `limit` bytes: `Ok(true)` with
 /// the payload in `out`; `Ok(false)` when it did not fit (`out` holds the
 /// first `limit`-or-more bytes read, the rest is to stream). Each read is
-/// given `timeout` (408 when the client stalls). Boxed as `exchange` is.
-pub fn buffer<'a, S: BodySource + ?Sized>(
-    source: &'a mut S,
-    out: &'a mut Vec<u8>,
-    limit: u64,
-    charge: &'a mut Charge,
-    timeout: Duration,
-) -> Pin<Box<dyn Future<Output = Result<bool, ProxyError>> + Send + 'a>> {
-    Box::pin(buffer_inner(source, out, limit, charge, timeout))
-}
-
-async fn buffer_inner<S: BodySource + ?Sized>(
+/// given `timeout` (408 when the client stalls).
+pub async fn buffer<S: BodySource + ?Sized>(
     source: &mut S,
     out: &mut Vec<u8>,
     limit: u64,

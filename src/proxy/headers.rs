@@ -7,7 +7,7 @@
 use http::header::{self, HeaderMap, HeaderName};
 use std::net::IpAddr;
 
-use crate::wire::{header as line, tokens};
+use crate::wire::header as line;
 pub use crate::wire::{Name, HOP_BY_HOP};
 
 /// Headers that describe one connection, never the message, plus any the
@@ -80,6 +80,9 @@ pub struct Forwarding<'a> {
     pub request_id: &'a [u8],
     /// An HTTP/1.1 upgrade: the `Upgrade` value to ask the upstream for.
     pub upgrade: Option<&'a [u8]>,
+    /// Header names the request's Connection header lists (hop-by-hop
+    /// for this message), found by the caller's scan of the fields.
+    pub connection_named: &'a [&'a [u8]],
 }
 
 /// Writes the upstream request line and header fields into `out`, without
@@ -102,7 +105,7 @@ pub struct Forwarding<'a> {
 pub fn write_request_head<'h>(
     out: &mut Vec<u8>,
     f: &Forwarding<'_>,
-    headers: impl Iterator<Item = (&'h [u8], &'h [u8])> + Clone,
+    headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
     is_identity: impl Fn(&[u8]) -> bool,
 ) {
     out.extend_from_slice(f.method.as_str().as_bytes());
@@ -119,13 +122,7 @@ pub fn write_request_head<'h>(
     };
     line(out, b"host", host);
 
-    // Names the Connection header lists are hop-by-hop for this message.
-    let mut named: Vec<&[u8]> = Vec::new();
-    for (n, v) in headers.clone() {
-        if Name::of(n) == Name::Connection && crate::wire::names_headers(v) {
-            named.extend(tokens(v));
-        }
-    }
+    let named = f.connection_named;
     let mut prior_xff: Vec<&[u8]> = Vec::new();
     let (mut kept_proto, mut kept_host, mut kept_real_ip) = (false, false, false);
     let mut cookies: Vec<&[u8]> = Vec::new();
@@ -258,6 +255,7 @@ mod tests {
             forward_token: false,
             request_id: b"rid",
             upgrade: None,
+            connection_named: &[b"X-Secret"],
         };
         let mut out = Vec::new();
         let it = pairs.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes()));

@@ -74,15 +74,7 @@ pub struct Outbound<'a> {
 /// streaming. A body up to the upstream's `request_buffering` is received
 /// whole first; a longer one streams (with its Content-Length, or chunked
 /// when it has none).
-pub fn forward<'a>(
-    up: &'a Upstream,
-    out: Outbound<'a>,
-    req: Request<Incoming>,
-) -> Pin<Box<dyn std::future::Future<Output = Result<Response<Body>, ProxyError>> + Send + 'a>> {
-    Box::pin(forward_inner(up, out, req))
-}
-
-async fn forward_inner(
+pub async fn forward(
     up: &Upstream,
     out: Outbound<'_>,
     mut req: Request<Incoming>,
