@@ -5,6 +5,10 @@
 //! The server never binds its own sockets: `start` takes bound listeners,
 //! so tests bind 127.0.0.1:0 and read the address back.
 //!
+//! One file past 600 lines on purpose: a connection's life (accept, TLS,
+//! raw HTTP/1.1 or hyper, drain, reload) reads top to bottom here; the
+//! timeouts live in `watchdog`, the request path below `h1`/`handler`.
+//!
 //! Timeouts are kept by a per-connection watchdog rather than hyper's own
 //! header timeout, because hyper starts that timer as soon as it waits for
 //! the next request, which would cut idle keep-alive connections at the

@@ -1,5 +1,9 @@
 //! Raw structs -> typed `Config`. Every problem found is reported, each as
 //! `FILE:LINE: KEY: what is wrong (what was expected)`.
+//!
+//! Long but flat on purpose: one function per config section, none calling
+//! another's, so each section's rules and messages are read in one place;
+//! a tenth of the file is tests.
 
 use super::file::{
     RawConfig, RawIdentity, RawJwt, RawKey, RawRoute, RawTls, RawTokens, RawUpstream,

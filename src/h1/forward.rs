@@ -21,9 +21,10 @@ pub(super) async fn proxy<IO: ClientIo>(
     io: &mut IO,
     up: &Upstream,
     server_index: usize,
-    plan_head: &[u8],
+    mut head: Vec<u8>,
     method: &http::Method,
     framing: Framing,
+    log: bool,
     buf: &mut Vec<u8>,
     reply: Reply<'_>,
     state: &AppState,
@@ -71,15 +72,14 @@ pub(super) async fn proxy<IO: ClientIo>(
         drop(source);
         return failed(io, ProxyError::BodyTooLarge, reply, is_head, true, None).await;
     }
-    let mut head = spare::take();
-    head.extend_from_slice(plan_head);
     let length = match framing {
         _ if whole => Some(held.len() as u64),
         Framing::Length(n) => Some(n),
         Framing::None | Framing::Chunked => None,
     };
     exchange::frame_request(&mut head, method, length, framing != Framing::None);
-    let sent_at = Instant::now();
+    // Timed only for the access log.
+    let sent_at = log.then(Instant::now);
     let name = &up.config.name;
     let got = if whole {
         let body = ReqBody::<NoSource>::Whole(&held);
@@ -97,7 +97,7 @@ pub(super) async fn proxy<IO: ClientIo>(
     drop(charge);
     // Bytes read past a chunked body belong to the next request.
     source.finish(buf);
-    let upstream_time = Some(sent_at.elapsed());
+    let upstream_time = sent_at.map(|t| t.elapsed());
     let got = match got {
         Ok(g) => g,
         Err(f) => {

@@ -188,7 +188,7 @@ pub(crate) async fn serve<IO: ClientIo>(mut io: IO, env: Env<'_>) -> Outcome<IO>
         // Boxed: the request's state is large, and an idle connection
         // should not carry it.
         let served = Box::pin(execute(
-            &mut io, &state, &env, decision, &method, request, &mut buf, head_len, draining,
+            &mut io, &state, &env, decision, &method, request, &mut buf, head_len, draining, log,
             &mut timer,
         ))
         .await;
@@ -327,6 +327,7 @@ async fn execute<IO: ClientIo>(
     buf: &mut Vec<u8>,
     head_len: usize,
     draining: bool,
+    log: bool,
     timer: &mut HeadTimer,
 ) -> Served {
     let Decision {
@@ -353,16 +354,16 @@ async fn execute<IO: ClientIo>(
                 io,
                 &plan.upstream,
                 plan.server,
-                &plan.head,
+                plan.head,
                 method,
                 framing,
+                log,
                 buf,
                 reply,
                 state,
                 timer,
             )
             .await;
-            spare::give(plan.head);
             served
         }
         Action::Answer(resp) => {

@@ -6,20 +6,16 @@
 //! `handler::general`) call `exchange`; they differ only in how they read
 //! the client's body (`BodySource`) and relay the answer.
 //!
-//! Request buffering (nginx's `proxy_request_buffering on`): a body up to
-//! the upstream's `request_buffering` is received whole (`buffer`) before
-//! a connection is taken, so a slow client never holds an app worker.
-//! Buffered bytes are charged to a process-wide `Budget` as they arrive.
+//! Bodies up to `request_buffering` are received whole first (`buffer`).
 
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+pub use super::buffer::{buffer, Budget, Charge};
 use super::client::Stream;
 use super::upstream::Server;
 use super::ProxyError;
@@ -477,98 +473,6 @@ impl HeadTimer {
     }
 }
 
-/// Memory all connections together may hold in buffered request bodies.
-#[derive(Debug)]
-pub struct Budget {
-    used: AtomicU64,
-    limit: u64,
-}
-
-/// Bytes charged to the budget, given back when dropped.
-#[derive(Debug)]
-pub struct Charge {
-    budget: Arc<Budget>,
-    bytes: u64,
-}
-
-impl Budget {
-    pub fn new(limit: u64) -> Arc<Budget> {
-        Arc::new(Budget {
-            used: AtomicU64::new(0),
-            limit,
-        })
-    }
-
-    pub fn charge(self: &Arc<Self>) -> Charge {
-        Charge {
-            budget: self.clone(),
-            bytes: 0,
-        }
-    }
-
-    /// Bytes currently charged.
-    pub fn used(&self) -> u64 {
-        self.used.load(Ordering::Acquire)
-    }
-}
-
-impl Charge {
-    /// Charges `n` more bytes; `BufferBudget` when the budget is spent.
-    pub fn add(&mut self, n: u64) -> Result<(), ProxyError> {
-        let b = &self.budget;
-        let mut used = b.used.load(Ordering::Acquire);
-        loop {
-            let next = used.saturating_add(n);
-            if next > b.limit {
-                return Err(ProxyError::BufferBudget);
-            }
-            match b
-                .used
-                .compare_exchange_weak(used, next, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => break,
-                Err(now) => used = now,
-            }
-        }
-        self.bytes += n;
-        Ok(())
-    }
-}
-
-impl Drop for Charge {
-    fn drop(&mut self) {
-        self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
-    }
-}
-
-/// Receives a body whole when it fits in `limit` bytes: `Ok(true)` with
-/// the payload in `out`; `Ok(false)` when it did not fit (`out` holds the
-/// first `limit`-or-more bytes read, the rest is to stream). Each read is
-/// given `timeout` (408 when the client stalls).
-pub async fn buffer<S: BodySource + ?Sized>(
-    source: &mut S,
-    out: &mut Vec<u8>,
-    limit: u64,
-    charge: &mut Charge,
-    timeout: Duration,
-) -> Result<bool, ProxyError> {
-    loop {
-        let before = out.len();
-        let read = tokio::time::timeout(timeout, poll_fn(|cx| source.poll_payload(cx, out)));
-        let more = match read.await {
-            Err(_) => return Err(ProxyError::ClientBodyTimeout { after: timeout }),
-            Ok(r) => r?,
-        };
-        charge.add((out.len() - before) as u64)?;
-        if !more {
-            return Ok(true);
-        }
-        if out.len() as u64 > limit {
-            return Ok(false);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -601,19 +505,5 @@ mod tests {
         assert_eq!(head_end(b"HTTP/1.1 200 OK\r\nA: b\r\n"), None);
         assert_eq!(status_of(b"HTTP/1.1 103 Early"), Some(103));
         assert_eq!(status_of(b"HTTP/2 200"), None);
-    }
-
-    #[test]
-    fn budget_is_shared_and_given_back() {
-        let b = Budget::new(10);
-        let mut one = b.charge();
-        one.add(6).unwrap();
-        let mut two = b.charge();
-        assert!(matches!(two.add(5), Err(ProxyError::BufferBudget)));
-        two.add(4).unwrap();
-        drop(one);
-        assert_eq!(b.used(), 4);
-        drop(two);
-        assert_eq!(b.used(), 0);
     }
 }

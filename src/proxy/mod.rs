@@ -8,6 +8,7 @@
 //! This module does not know about authentication: the handler passes a
 //! request head with the identity headers already in it.
 
+pub mod buffer;
 pub mod client;
 pub mod exchange;
 pub mod h1client;

@@ -1,0 +1,179 @@
+//! The state a request is decided with: `AppState`, built whole from one
+//! config and replaced on reload, and `Deps`, what outlives reloads (the
+//! store, the revocation mirror, the request-buffer budget).
+
+use http::header::HeaderValue;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::auth::identity::Strip;
+use crate::auth::{AuthSetupError, Authenticator};
+use crate::config::{Config, RouteTarget};
+use crate::proxy::exchange::Budget;
+use crate::proxy::Upstream;
+use crate::router::Router;
+use crate::static_files::StaticFiles;
+use crate::store::{RevokedFamilies, SqliteStore, Store, StoreError};
+use crate::tokens::{TokenService, TokenSetupError};
+
+/// Everything a request needs, built from one config. Replaced whole on
+/// reload; requests in flight keep the state they started with.
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub(super) router: Router,
+    /// One per route, in the router's order.
+    pub(super) targets: Vec<Target>,
+    pub(crate) hsts: Option<HeaderValue>,
+    /// None when the config has no [jwt]: every route is then "none".
+    pub(super) auth: Option<Authenticator>,
+    pub(super) strip: Strip,
+    /// The token routes, when the config has [tokens].
+    pub(super) tokens: Option<TokenService>,
+    /// Memory for buffered request bodies, shared by every connection.
+    pub(crate) budget: Arc<Budget>,
+}
+
+/// State that outlives reloads: the store and the revocation mirror.
+#[derive(Clone)]
+pub struct Deps {
+    pub store: Option<Arc<dyn Store>>,
+    pub revoked: Arc<RevokedFamilies>,
+    /// `server.request_buffer_budget`, kept across reloads so bodies
+    /// buffered under the old config still count.
+    pub budget: Arc<Budget>,
+}
+
+impl Deps {
+    /// Opens the store (when token issuing is configured) and loads the
+    /// revoked families into the in-memory mirror.
+    pub fn open(config: &Config) -> Result<Deps, StoreError> {
+        let revoked = Arc::new(RevokedFamilies::new());
+        let budget = Budget::new(config.server.request_buffer_budget);
+        if config.tokens.is_none() {
+            return Ok(Deps {
+                store: None,
+                revoked,
+                budget,
+            });
+        }
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.store.path)?);
+        let now = crate::tokens::unix_now();
+        for (sid, until) in store.revoked_families(now)? {
+            revoked.insert(&sid, until);
+        }
+        Ok(Deps {
+            store: Some(store),
+            revoked,
+            budget,
+        })
+    }
+
+    /// For `gateway check`: an in-memory store, so checking writes nothing.
+    pub fn in_memory() -> Result<Deps, StoreError> {
+        Ok(Deps {
+            store: Some(Arc::new(SqliteStore::open(std::path::Path::new(
+                ":memory:",
+            ))?)),
+            revoked: Arc::new(RevokedFamilies::new()),
+            budget: Budget::new(0),
+        })
+    }
+}
+
+pub(super) enum Target {
+    // Boxed: a file server is much larger than an upstream reference.
+    Static(Box<StaticFiles>),
+    Upstream {
+        upstream: Arc<Upstream>,
+        strip_prefix: bool,
+    },
+}
+
+/// Failure to build the runtime state from a valid config.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("static root {path} cannot be opened")]
+    StaticRoot {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("route {0} names an unknown upstream")]
+    UnknownUpstream(String),
+    #[error(transparent)]
+    Auth(#[from] AuthSetupError),
+    #[error(transparent)]
+    Tokens(#[from] TokenSetupError),
+    #[error("[tokens] needs the store, which is not open")]
+    NoStore,
+}
+
+impl AppState {
+    pub fn new(config: Config, deps: &Deps) -> Result<Self, StateError> {
+        let upstreams: BTreeMap<&str, Arc<Upstream>> = config
+            .upstreams
+            .iter()
+            .map(|(name, u)| (name.as_str(), Arc::new(Upstream::new(u))))
+            .collect();
+        let router = Router::new(&config);
+        let mut targets = Vec::new();
+        for route in router.routes() {
+            targets.push(match &route.target {
+                RouteTarget::Static(s) => {
+                    Target::Static(Box::new(StaticFiles::new(s).map_err(|source| {
+                        StateError::StaticRoot {
+                            path: s.root.display().to_string(),
+                            source,
+                        }
+                    })?))
+                }
+                RouteTarget::Upstream(u) => Target::Upstream {
+                    upstream: upstreams
+                        .get(u.upstream.as_str())
+                        .cloned()
+                        .ok_or_else(|| StateError::UnknownUpstream(route.path.clone()))?,
+                    strip_prefix: u.strip_prefix,
+                },
+            });
+        }
+        let hsts = config
+            .tls
+            .as_ref()
+            .and_then(|t| t.hsts.as_deref())
+            .and_then(|h| HeaderValue::from_str(h).ok());
+        let auth = config
+            .jwt
+            .as_ref()
+            .map(|j| Authenticator::new(j, deps.revoked.clone()))
+            .transpose()?;
+        let strip = Strip::new(&config.identity);
+        let tokens = match (&config.tokens, &deps.store) {
+            (None, _) => None,
+            (Some(_), None) => return Err(StateError::NoStore),
+            (Some(_), Some(store)) => {
+                TokenService::new(&config, &upstreams, store.clone(), deps.revoked.clone())?
+            }
+        };
+        Ok(AppState {
+            config: Arc::new(config),
+            router,
+            targets,
+            hsts,
+            auth,
+            strip,
+            tokens,
+            budget: deps.budget.clone(),
+        })
+    }
+
+    /// Starts background work (fetching trusted issuers' keys).
+    pub fn start(&self) {
+        if let Some(a) = &self.auth {
+            a.start();
+        }
+    }
+
+    pub fn authenticator(&self) -> Option<&Authenticator> {
+        self.auth.as_ref()
+    }
+}
