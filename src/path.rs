@@ -12,7 +12,8 @@
 //! 3. `%00` is refused; `.`/`..` segments (in any spelling, `\` counted as
 //!    a separator) are refused; an escape that is not `%` + two hex digits
 //!    is refused.
-//! 4. An encoded `/` or `\` (`%2F`, `%5C`) is kept encoded and reported:
+//! 4. An encoded `/` or `\` (`%2F`, `%5C`), or a raw `\`, is kept as it is
+//!    and reported:
 //!    the handler refuses it unless the route matched on the decoded path
 //!    opts in (`allow_encoded_slash`).
 //!
@@ -33,7 +34,10 @@ pub enum PathError {
     /// `%` not followed by two hex digits.
     #[error("invalid percent-escape in the path")]
     BadEscape,
-    /// `%2F` or `%5C` on a route without `allow_encoded_slash`.
+    /// A request target that is not an absolute path (`*`, an authority).
+    #[error("request target is not a path")]
+    NotAPath,
+    /// `%2F`, `%5C` or `\\` on a route without `allow_encoded_slash`.
     #[error("encoded slash in the path")]
     EncodedSlash,
 }
@@ -56,13 +60,14 @@ impl Normal<'_> {
         let mut i = 0;
         while i < b.len() {
             let slash = b[i] == b'/'
+                || b[i] == b'\\'
                 || (b[i] == b'%' && b.get(i + 1) == Some(&b'2') && b.get(i + 2) == Some(&b'F'))
                 || (b[i] == b'%' && b.get(i + 1) == Some(&b'5') && b.get(i + 2) == Some(&b'C'));
             if slash {
                 if !out.ends_with('/') {
                     out.push('/');
                 }
-                i += if b[i] == b'/' { 1 } else { 3 };
+                i += if b[i] == b'%' { 3 } else { 1 };
             } else {
                 // Escapes and ASCII one byte at a time; a multi-byte
                 // character is copied whole.
@@ -87,6 +92,10 @@ fn utf8_len(first: u8) -> usize {
 /// Normalises an origin-form path (no query). Borrows when nothing changes.
 pub fn normalize(raw: &str) -> Result<Normal<'_>, PathError> {
     let b = raw.as_bytes();
+    // An authority (CONNECT) or `*` is not a path any route serves.
+    if b.first() != Some(&b'/') {
+        return Err(PathError::NotAPath);
+    }
     // Most paths have no escape, no dot and no doubled slash.
     let simple = !b.iter().any(|&c| c == b'%' || c == b'.' || c == b'\\')
         && !b.windows(2).any(|w| w == b"//");
@@ -124,6 +133,12 @@ pub fn normalize(raw: &str) -> Result<Normal<'_>, PathError> {
                 i += 3;
             }
             b'/' if out.ends_with('/') => i += 1,
+            // A raw backslash is a separator to some apps: as `%5C`.
+            b'\\' => {
+                encoded_slash = true;
+                out.push('\\');
+                i += 1;
+            }
             _ => {
                 let len = utf8_len(c);
                 out.push_str(raw.get(i..i + len).unwrap_or(""));
@@ -206,7 +221,18 @@ mod tests {
     }
 
     #[test]
+    fn backslashes_count_as_encoded_slashes() {
+        let n = normalize("/admin\\x").unwrap();
+        assert!(n.encoded_slash);
+        assert_eq!(n.decoded_slashes(), "/admin/x");
+        assert!(normalize("/\\admin/x").unwrap().encoded_slash);
+    }
+
+    #[test]
     fn refused_forms() {
+        assert_eq!(norm(""), Err(PathError::NotAPath));
+        assert_eq!(norm("*"), Err(PathError::NotAPath));
+        assert_eq!(norm("example.com:443"), Err(PathError::NotAPath));
         for p in [
             "/a/../b",
             "/a/%2e%2E/b",

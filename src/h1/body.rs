@@ -144,8 +144,8 @@ pub(super) enum Collected {
     Failed(ProxyError),
 }
 
-/// Reads a whole body of at most `limit` payload bytes, each read within
-/// `timeout`; `buf` holds the bytes read after the head and keeps those
+/// Reads a whole body of at most `limit` payload bytes within `timeout`
+/// (all of it); `buf` holds the bytes read after the head and keeps those
 /// after the body.
 pub(super) async fn collect<IO: ClientIo>(
     io: &mut IO,
@@ -165,8 +165,12 @@ pub(super) async fn collect<IO: ClientIo>(
         }
         Framing::Chunked => ClientBody::new(io, framing, 0, buf),
     };
+    // SECURITY: one deadline for the whole body (nginx's lingering_time),
+    // not one per read: a body dripped a byte at a time cannot hold the
+    // connection and its answer back.
+    let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let read = tokio::time::timeout(timeout, poll_fn(|cx| body.poll_payload(cx, &mut out)));
+        let read = tokio::time::timeout_at(deadline, poll_fn(|cx| body.poll_payload(cx, &mut out)));
         match read.await {
             Err(_) => return Collected::Failed(ProxyError::ClientBodyTimeout { after: timeout }),
             Ok(Err(e)) => return Collected::Failed(e),

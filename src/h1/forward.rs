@@ -94,6 +94,9 @@ pub(super) async fn proxy<IO: ClientIo>(
         exchange::exchange(server, name, timeout, method, &head, body, false, timer).await
     };
     spare::give(head);
+    // SECURITY: the buffered body goes with its charge, before the answer
+    // is relayed (a client that never reads it must not hold it).
+    drop(held);
     drop(charge);
     // Bytes read past a chunked body belong to the next request.
     source.finish(buf);

@@ -234,9 +234,14 @@ impl AppState {
                     Ok(p) => p,
                     Err(e) => return refuse(decision, GatewayError::Proxy(e)),
                 };
+                // SECURITY: only WebSocket is tunnelled. Another protocol
+                // (h2c above all) would let the client speak to the app
+                // past every later check; such a request is proxied as a
+                // plain one (Upgrade is hop-by-hop and goes).
                 let upgrade = (head.version == http::Version::HTTP_11 && f.upgrade_token)
                     .then_some(f.upgrade)
-                    .flatten();
+                    .flatten()
+                    .filter(|u| u.trim_ascii().eq_ignore_ascii_case(b"websocket"));
                 let mut out = crate::wire::spare::take();
                 fwd::write_request_head(
                     &mut out,

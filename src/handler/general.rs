@@ -67,6 +67,8 @@ pub async fn handle(
     };
     let version = req.version();
     let is_head = req.method() == http::Method::HEAD;
+    // A body left half read: the connection cannot carry another request.
+    let mut stalled = false;
     let mut resp = match decision.action {
         Action::Answer(resp) => resp,
         Action::Static { route } => {
@@ -87,10 +89,23 @@ pub async fn handle(
         }
         Action::Tokens { endpoint, client } => {
             let (parts, body) = req.into_parts();
-            let body = read_limited(body, state.token_body_limit()).await;
-            state
-                .token_route(endpoint, Request::from_parts(parts, body), client)
-                .await
+            // SECURITY: the whole body within header_read_timeout; no
+            // watchdog runs while a request is in flight.
+            let within = state.config.server.header_read_timeout;
+            let read = read_limited(body, state.token_body_limit());
+            match tokio::time::timeout(within, read).await {
+                Ok(body) => {
+                    state
+                        .token_route(endpoint, Request::from_parts(parts, body), client)
+                        .await
+                }
+                Err(_) => {
+                    stalled = true;
+                    response::error_response(&GatewayError::Proxy(
+                        crate::proxy::ProxyError::ClientBodyTimeout { after: within },
+                    ))
+                }
+            }
         }
         Action::Proxy(plan) => {
             let sent = Instant::now();
@@ -133,7 +148,7 @@ pub async fn handle(
         }
     }
     // After a framing error the rest of the connection cannot be trusted.
-    if decision.close && version < http::Version::HTTP_2 {
+    if (decision.close || stalled) && version < http::Version::HTTP_2 {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     record.status = resp.status().as_u16();

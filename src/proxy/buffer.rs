@@ -93,6 +93,9 @@ pub async fn buffer<S: BodySource + ?Sized>(
     charge: &mut Charge<'_>,
     timeout: Duration,
 ) -> Result<bool, ProxyError> {
+    // Each read within `timeout`, as nginx's client_body_timeout: a slow
+    // but steady upload is never cut off. (A client that keeps dripping
+    // holds what it has sent; the budget bounds the sum.)
     loop {
         let before = out.len();
         let read = tokio::time::timeout(timeout, poll_fn(|cx| source.poll_payload(cx, out)));

@@ -169,8 +169,8 @@ pub async fn exchange<S: BodySource + ?Sized>(
         let first: &[u8] = match &body {
             ReqBody::Whole(b) | ReqBody::Stream { sent: b, .. } => b,
         };
-        let write = if first.is_empty() {
-            taken.stream.write_all(head).await
+        let (write, written) = if first.is_empty() {
+            write_counted(&mut taken.stream, head).await
         } else {
             let mut both = spare::take();
             both.extend_from_slice(head);
@@ -179,13 +179,13 @@ pub async fn exchange<S: BodySource + ?Sized>(
             } else {
                 both.extend_from_slice(first);
             }
-            let r = taken.stream.write_all(&both).await;
+            let r = write_counted(&mut taken.stream, &both).await;
             spare::give(both);
             r
         };
         if let Err(e) = write {
-            // Not a whole request reached the server: it cannot have acted.
-            if may_resend(taken.reused, false, method, streamed) {
+            // Only a request of which no byte left is certainly unseen.
+            if may_resend(taken.reused, written > 0, method, streamed) {
                 fresh_only = true;
                 continue;
             }
@@ -245,6 +245,24 @@ pub async fn exchange<S: BodySource + ?Sized>(
             }
         }
     }
+}
+
+/// `write_all`, also saying how many bytes were handed to the connection
+/// before an error.
+async fn write_counted(stream: &mut Stream, mut data: &[u8]) -> (io::Result<()>, usize) {
+    let mut written = 0;
+    while !data.is_empty() {
+        match stream.write(data).await {
+            Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), written),
+            Ok(n) => {
+                written += n;
+                data = &data[n..];
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (Err(e), written),
+        }
+    }
+    (Ok(()), written)
 }
 
 fn upstream_err(name: &str, e: io::Error) -> ProxyError {

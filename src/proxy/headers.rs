@@ -55,6 +55,16 @@ pub fn client_ip<'h>(
         .unwrap_or(peer)
 }
 
+/// `Forwarded` and every `X-Forwarded-*` (any case, `_` for `-`): from an
+/// untrusted client none is passed on, not only those the gateway sets
+/// (`X-Forwarded-Port`, `-Prefix`, `-Ssl` are believed by some frameworks).
+fn forwarded_family(n: &[u8]) -> bool {
+    const PREFIX: &[u8] = b"x-forwarded-";
+    let folded = |a: u8, b: u8| a.to_ascii_lowercase() == b || (a == b'_' && b == b'-');
+    (n.len() > PREFIX.len() && n.iter().zip(PREFIX).all(|(&a, &b)| folded(a, b)))
+        || n.eq_ignore_ascii_case(b"forwarded")
+}
+
 /// What the gateway knows about a request and its client, for the
 /// upstream request head.
 pub struct Forwarding<'a> {
@@ -161,6 +171,7 @@ pub fn write_request_head<'h>(
         if name.is_forwarding()
             || (!f.forward_token && name == Name::Authorization)
             || is_identity(n)
+            || (!f.trusted && forwarded_family(n))
         {
             continue;
         }
@@ -272,6 +283,9 @@ mod tests {
                 ("x-real-ip", "6.6.6.6"),
                 ("x-forwarded-host", "evil"),
                 ("X_Forwarded_For", "6.6.6.6"),
+                ("X-Forwarded-Port", "1"),
+                ("x_forwarded_prefix", "/evil"),
+                ("Forwarded", "for=6.6.6.6"),
                 ("Host", "evil"),
                 ("x-request-id", "evil"),
                 ("Authorization", "Bearer x"),

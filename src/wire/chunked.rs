@@ -5,6 +5,11 @@
 
 /// Finds the end of a chunked body without decoding it (`feed`), or
 /// decodes it (`decode`).
+/// Longest chunk extension accepted on one size line.
+const MAX_EXT: u32 = 4096;
+/// Most trailer bytes accepted after the last chunk.
+const MAX_TRAILERS: u32 = 16 * 1024;
+
 #[derive(Default, Clone)]
 pub(crate) struct ChunkedScan {
     state: Chunk,
@@ -15,6 +20,11 @@ pub(crate) struct ChunkedScan {
     /// Payload bytes seen (chunk data, no framing): what the access log
     /// counts.
     pub payload: u64,
+    /// Bytes of chunk extensions on this line, and of trailers: both are
+    /// capped (`MAX_EXT`, `MAX_TRAILERS`), as they cost work and count
+    /// toward no body limit.
+    ext: u32,
+    trailers: u32,
 }
 
 #[derive(Default, Clone, Copy, PartialEq, Eq, Debug)]
@@ -89,12 +99,16 @@ impl ChunkedScan {
                     _ => return Err(()),
                 },
                 Chunk::Ext => match b {
-                    b'\r' => self.state = Chunk::SizeLf,
+                    _ if self.ext >= MAX_EXT => return Err(()),
+                    b'\r' => {
+                        self.ext = 0;
+                        self.state = Chunk::SizeLf;
+                    }
                     // A bare LF (or any control byte) inside a chunk line
                     // is where parsers disagree: refused.
                     b'\t' => {}
                     0..=0x1f | 0x7f => return Err(()),
-                    _ => {}
+                    _ => self.ext += 1,
                 },
                 Chunk::SizeLf => {
                     if b != b'\n' {
@@ -139,10 +153,11 @@ impl ChunkedScan {
                     };
                 }
                 Chunk::TrailerLine => match b {
+                    _ if self.trailers >= MAX_TRAILERS => return Err(()),
                     b'\r' => self.state = Chunk::TrailerLf,
                     b'\t' => {}
                     0..=0x1f | 0x7f => return Err(()),
-                    _ => {}
+                    _ => self.trailers += 1,
                 },
                 Chunk::TrailerLf => {
                     if b != b'\n' {
@@ -197,6 +212,8 @@ mod tests {
             b"5\r\nhello\n",
             b"5;a\nb\r\n",
             b"0\r\nx: 1\nz\r\n",
+            &[b"1;".as_slice(), &[b'e'; 5000]].concat(),
+            &[b"0\r\nx: ".as_slice(), &[b'e'; 20000]].concat(),
         ] {
             assert!(
                 ChunkedScan::default().feed(bad).is_err(),

@@ -124,7 +124,14 @@ pub(crate) fn body_facts(
     for h in headers {
         match Name::of(h.name.as_bytes()) {
             Name::ContentLength => {
-                let v = parse_length(h.value).ok_or_else(|| bad("invalid content-length"))?;
+                // A response's length must be canonical: a peer that sends
+                // `+5` or `0005` is read differently by someone.
+                let v = parse_length(h.value)
+                    .filter(|_| {
+                        let t = h.value.trim_ascii();
+                        t.len() == 1 || t.first() != Some(&b'0')
+                    })
+                    .ok_or_else(|| bad("invalid content-length"))?;
                 if facts.content_length.is_some_and(|c| c != v) {
                     return Err(bad("conflicting content-length"));
                 }
