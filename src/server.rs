@@ -506,8 +506,7 @@ struct Tracked<IO> {
     activity: Arc<Activity>,
     /// Bytes the fast path read before handing the connection over: read
     /// first.
-    prefix: Vec<u8>,
-    at: usize,
+    prefix: crate::wire::Replay,
 }
 
 impl<IO> Tracked<IO> {
@@ -515,8 +514,7 @@ impl<IO> Tracked<IO> {
         Tracked {
             inner,
             activity,
-            prefix,
-            at: 0,
+            prefix: crate::wire::Replay::new(prefix),
         }
     }
 }
@@ -528,14 +526,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Tracked<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.at < this.prefix.len() {
-            let n = (this.prefix.len() - this.at).min(buf.remaining());
-            buf.put_slice(&this.prefix[this.at..this.at + n]);
-            this.at += n;
-            if this.at == this.prefix.len() {
-                this.prefix = Vec::new();
-                this.at = 0;
-            }
+        if this.prefix.read_into(buf) {
             this.activity.on_read();
             return Poll::Ready(Ok(()));
         }

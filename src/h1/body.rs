@@ -80,18 +80,15 @@ impl<IO: ClientIo> BodySource for ClientBody<'_, IO> {
                 let want = usize::try_from(*left).unwrap_or(BODY_READ).min(BODY_READ);
                 let start = out.len();
                 out.resize(start + want, 0);
-                let mut rb = ReadBuf::new(&mut out[start..]);
-                let polled = Pin::new(&mut **io).poll_read(cx, &mut rb);
-                let n = rb.filled().len();
+                let (polled, n) = poll_read_slice(&mut **io, cx, &mut out[start..]);
                 out.truncate(start + n);
-                match polled {
+                match polled.map_ok(|()| n) {
                     Poll::Pending => Poll::Pending,
-                    Poll::Ready(Ok(())) if n == 0 => Poll::Ready(Err(early())),
-                    Poll::Ready(Ok(())) => {
+                    Poll::Ready(Ok(0) | Err(_)) => Poll::Ready(Err(early())),
+                    Poll::Ready(Ok(n)) => {
                         *left -= n as u64;
                         Poll::Ready(Ok(true))
                     }
-                    Poll::Ready(Err(_)) => Poll::Ready(Err(early())),
                 }
             }
             ClientBody::Chunked {
@@ -119,19 +116,28 @@ impl<IO: ClientIo> BodySource for ClientBody<'_, IO> {
                 }
                 let start = pending.len();
                 pending.resize(start + BODY_READ, 0);
-                let mut rb = ReadBuf::new(&mut pending[start..]);
-                let polled = Pin::new(&mut **io).poll_read(cx, &mut rb);
-                let n = rb.filled().len();
+                let (polled, n) = poll_read_slice(&mut **io, cx, &mut pending[start..]);
                 pending.truncate(start + n);
-                match polled {
+                match polled.map_ok(|()| n) {
                     Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Ok(())) if n == 0 => return Poll::Ready(Err(early())),
-                    Poll::Ready(Ok(())) => {}
-                    Poll::Ready(Err(_)) => return Poll::Ready(Err(early())),
+                    Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Err(early())),
+                    Poll::Ready(Ok(_)) => {}
                 }
             },
         }
     }
+}
+
+/// One read into `dst`: the poll and how many bytes it filled.
+fn poll_read_slice<IO: ClientIo>(
+    io: &mut IO,
+    cx: &mut Context<'_>,
+    dst: &mut [u8],
+) -> (Poll<std::io::Result<()>>, usize) {
+    let mut rb = ReadBuf::new(dst);
+    let polled = Pin::new(io).poll_read(cx, &mut rb);
+    let n = rb.filled().len();
+    (polled, n)
 }
 
 /// A body read whole, or why not.

@@ -107,8 +107,7 @@ pub fn switched(got: Exchanged) -> io::Result<(Response<Body>, Upgraded)> {
     }
     let upgraded = Upgraded {
         stream,
-        prefix: buf[head_len..].to_vec(),
-        at: 0,
+        prefix: crate::wire::Replay::new(buf[head_len..].to_vec()),
     };
     Ok((resp, upgraded))
 }
@@ -116,8 +115,7 @@ pub fn switched(got: Exchanged) -> io::Result<(Response<Body>, Upgraded)> {
 /// An upstream connection after a 101, bytes read with the head first.
 pub struct Upgraded {
     stream: Stream,
-    prefix: Vec<u8>,
-    at: usize,
+    prefix: crate::wire::Replay,
 }
 
 impl AsyncRead for Upgraded {
@@ -127,10 +125,7 @@ impl AsyncRead for Upgraded {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.at < this.prefix.len() {
-            let n = (this.prefix.len() - this.at).min(buf.remaining());
-            buf.put_slice(&this.prefix[this.at..this.at + n]);
-            this.at += n;
+        if this.prefix.read_into(buf) {
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut this.stream).poll_read(cx, buf)

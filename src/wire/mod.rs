@@ -163,6 +163,35 @@ pub(crate) fn body_facts(
     Ok(facts)
 }
 
+/// Bytes read ahead of a hand-over (a connection's head, an upstream's
+/// first bytes after a 101), given back to the reader first.
+#[derive(Debug, Default)]
+pub struct Replay {
+    bytes: Vec<u8>,
+    at: usize,
+}
+
+impl Replay {
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Replay { bytes, at: 0 }
+    }
+
+    /// Copies what is left into `buf`; false when nothing was left. The
+    /// bytes are freed once all are given back.
+    pub fn read_into(&mut self, buf: &mut tokio::io::ReadBuf<'_>) -> bool {
+        if self.at >= self.bytes.len() {
+            return false;
+        }
+        let n = (self.bytes.len() - self.at).min(buf.remaining());
+        buf.put_slice(&self.bytes[self.at..self.at + n]);
+        self.at += n;
+        if self.at == self.bytes.len() {
+            *self = Replay::default();
+        }
+        true
+    }
+}
+
 /// A Content-Length value: one or more ASCII digits and nothing else (no
 /// sign, no spaces inside, no list), as RFC 9110 8.6 has it. Rust's own
 /// integer parse takes a leading `+`, which no peer may send.
