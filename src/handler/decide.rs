@@ -119,8 +119,10 @@ impl AppState {
         let bad = |d: Decision, e: RequestError| {
             let mut d = d;
             // SECURITY: after a framing error the rest of the connection
-            // cannot be read safely.
+            // cannot be read safely: nothing more is read, not even the
+            // body, and the connection closes after the answer.
             d.close = true;
+            d.framing = Framing::None;
             refuse(d, GatewayError::Request(e))
         };
         // Step 3: what RFC 9112 refuses.
