@@ -368,7 +368,7 @@ async fn execute<IO: ClientIo>(
         }
         Action::Answer(resp) => {
             let kept = discard_body(io, buf, framing, env.header_read_timeout).await;
-            local(io, resp, reply, is_head, kept).await
+            local(io, *resp, reply, is_head, kept).await
         }
         Action::Static { route } => {
             let kept = discard_body(io, buf, framing, env.header_read_timeout).await;

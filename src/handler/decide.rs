@@ -113,7 +113,7 @@ impl AppState {
             path: None,
         };
         let refuse = |mut d: Decision, err: GatewayError| {
-            d.action = Action::Answer(response::error_response(&err));
+            d.action = Action::Answer(Box::new(response::error_response(&err)));
             Step::Ready(d)
         };
         let bad = |d: Decision, e: RequestError| {
@@ -147,11 +147,13 @@ impl AppState {
         let host = head.authority.or(f.host);
         // Steps 4-5: health, redirect.
         if head.path == server.health_path {
-            decision.action = Action::Answer(health());
+            decision.action = Action::Answer(Box::new(health()));
             return Step::Ready(decision);
         }
         if let Some(port) = conn.redirect_https_port {
-            decision.action = Action::Answer(redirect_to_https(host, head.path, head.query, port));
+            decision.action = Action::Answer(Box::new(redirect_to_https(
+                host, head.path, head.query, port,
+            )));
             return Step::Ready(decision);
         }
         // Step 6: the path the app will see.
@@ -354,10 +356,11 @@ impl AppState {
                 if let Action::Proxy(plan) = &mut decision.action {
                     crate::wire::spare::give(std::mem::take(&mut plan.head));
                 }
-                decision.action = Action::Answer(response::error_response(&GatewayError::Auth {
+                let err = GatewayError::Auth {
                     err,
                     scheme: scheme.to_string(),
-                }));
+                };
+                decision.action = Action::Answer(Box::new(response::error_response(&err)));
             }
             Ok(Some(id)) => {
                 if let Action::Proxy(plan) = &mut decision.action {

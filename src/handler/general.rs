@@ -70,7 +70,7 @@ pub async fn handle(
     // A body left half read: the connection cannot carry another request.
     let mut stalled = false;
     let mut resp = match decision.action {
-        Action::Answer(resp) => resp,
+        Action::Answer(resp) => *resp,
         Action::Static { route } => {
             // The body, if any, is left to hyper (it drains or closes).
             let (parts, _body) = req.into_parts();

@@ -105,7 +105,8 @@ pub(crate) enum Framing {
 /// What to do with a request.
 pub(crate) enum Action {
     /// Answer it here with this response (health, redirect, refusals).
-    Answer(Response<Body>),
+    /// Boxed: the rarer outcome should not make every decision larger.
+    Answer(Box<Response<Body>>),
     /// Serve it from the static route with this index.
     Static { route: usize },
     /// Hand it to the token routes; `client` is the real client address

@@ -197,10 +197,15 @@ impl Replay {
 /// integer parse takes a leading `+`, which no peer may send.
 pub fn parse_length(v: &[u8]) -> Option<u64> {
     let v = trim(v);
-    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+    if v.is_empty() {
         return None;
     }
-    std::str::from_utf8(v).ok()?.parse().ok()
+    v.iter().try_fold(0u64, |n, &d| {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
 }
 
 pub(crate) fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
@@ -234,7 +239,9 @@ pub(crate) fn status_line(out: &mut Vec<u8>, status: u16) {
     out.extend_from_slice(b"\r\n");
 }
 
+#[inline]
 pub(crate) fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.reserve(name.len() + value.len() + 4);
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
