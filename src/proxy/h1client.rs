@@ -98,13 +98,21 @@ pub fn switched(got: Exchanged) -> io::Result<(Response<Body>, Upgraded)> {
             resp.headers_mut().append(n, v);
         }
     }
+    // SECURITY: the upstream must switch to what was asked (WebSocket)
+    // and nothing else: an h2c tunnel would carry requests past every
+    // check of the gateway.
+    let Some(u) = upgrade.filter(|u| u.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket"))
+    else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "upstream switched to a protocol that was not asked for",
+        ));
+    };
     resp.headers_mut().insert(
         http::header::CONNECTION,
         HeaderValue::from_static("upgrade"),
     );
-    if let Some(u) = upgrade {
-        resp.headers_mut().insert(http::header::UPGRADE, u);
-    }
+    resp.headers_mut().insert(http::header::UPGRADE, u);
     let upgraded = Upgraded {
         stream,
         prefix: crate::wire::Replay::new(buf[head_len..].to_vec()),
