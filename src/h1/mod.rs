@@ -382,13 +382,16 @@ async fn execute<IO: ClientIo>(
                     *req.uri_mut() = uri;
                 }
             }
-            let resp = state.serve_static(route, req).await;
+            // Boxed, as every rarer branch here: the future of a proxied
+            // request (the common one) stays small enough for the
+            // allocator's fast path.
+            let resp = Box::pin(state.serve_static(route, req)).await;
             return local(io, resp, reply, is_head, kept).await;
         }
         Action::Tokens { endpoint, client } => {
             let limit = state.token_body_limit();
             let timeout = env.header_read_timeout;
-            let (body, kept) = match body::collect(io, buf, framing, limit, timeout).await {
+            let (body, kept) = match Box::pin(body::collect(io, buf, framing, limit, timeout)).await {
                 Collected::Whole(b) => (Some(Bytes::from(b)), true),
                 Collected::TooLong => (None, false),
                 Collected::Failed(e) => {
@@ -397,9 +400,8 @@ async fn execute<IO: ClientIo>(
                 }
             };
             let (parts, ()) = request.unwrap_or_default().into_parts();
-            let resp = state
-                .token_route(endpoint, http::Request::from_parts(parts, body), client)
-                .await;
+            let req = http::Request::from_parts(parts, body);
+            let resp = Box::pin(state.token_route(endpoint, req, client)).await;
             local(io, resp, reply, is_head, kept).await
         }
     }
@@ -421,7 +423,7 @@ async fn local<IO: ClientIo>(
     // A client that went away is logged with the status it was answered
     // with, as on the hyper path.
     let status = resp.status().as_u16();
-    match respond::write_response(io, resp, &reply, is_head).await {
+    match Box::pin(respond::write_response(io, resp, &reply, is_head)).await {
         Ok((status, bytes, error)) => Served {
             status,
             bytes,
@@ -449,8 +451,11 @@ async fn discard_body<IO: ClientIo>(
     framing: Framing,
     timeout: Duration,
 ) -> bool {
+    if framing == Framing::None {
+        return true;
+    }
     matches!(
-        body::collect(io, buf, framing, DISCARD_LIMIT, timeout).await,
+        Box::pin(body::collect(io, buf, framing, DISCARD_LIMIT, timeout)).await,
         Collected::Whole(_)
     )
 }
