@@ -391,7 +391,8 @@ async fn execute<IO: ClientIo>(
         Action::Tokens { endpoint, client } => {
             let limit = state.token_body_limit();
             let timeout = env.header_read_timeout;
-            let (body, kept) = match Box::pin(body::collect(io, buf, framing, limit, timeout)).await {
+            let (body, kept) = match Box::pin(body::collect(io, buf, framing, limit, timeout)).await
+            {
                 Collected::Whole(b) => (Some(Bytes::from(b)), true),
                 Collected::TooLong => (None, false),
                 Collected::Failed(e) => {
