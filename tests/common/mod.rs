@@ -1,8 +1,11 @@
 //! Shared test harness: a real gateway started in-process on 127.0.0.1:0,
 //! a real upstream (a small hyper server that echoes what it received as
 //! JSON and records it), a test CA made with rcgen, and raw hyper clients
-//! for HTTP/1.1 and HTTP/2, plain or over TLS.
+//! for HTTP/1.1 and HTTP/2, plain or over TLS. `raw` holds the raw-socket
+//! helpers (recording upstream, byte-exact client) of the request-path tests.
 #![allow(clippy::unwrap_used, dead_code)]
+
+pub mod raw;
 
 use bytes::Bytes;
 use gateway::server::{self, Listeners, ServerHandle};
