@@ -20,6 +20,7 @@
 //! port is picked the same way).
 mod common;
 use common::raw::*;
+use common::venv::venv_python;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -762,94 +763,6 @@ fn interop_python() -> Option<PathBuf> {
         .clone()
 }
 
-const SETUP_TIMEOUT: Duration = Duration::from_secs(10 * 60);
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Runs `cmd` with its output in `log`, killed after `limit`.
-fn run_bounded(cmd: &mut Command, log: &Path, limit: Duration) -> (bool, String) {
-    let out = std::fs::File::create(log).unwrap();
-    let err = out.try_clone().unwrap();
-    let mut child = match cmd.stdin(Stdio::null()).stdout(out).stderr(err).spawn() {
-        Ok(c) => c,
-        Err(e) => return (false, format!("cannot start {cmd:?}: {e}")),
-    };
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    match status {
-        Some(s) => (s.success(), text),
-        None => (
-            false,
-            format!("{text}\n*** killed after {limit:?}: {cmd:?}"),
-        ),
-    }
-}
-
-/// As tests/interop.rs `venv_python`: creates target/interop-venv when it
-/// is missing or was made from other requirements.
-fn venv_python() -> PathBuf {
-    let root = repo();
-    let venv = root.join("target").join("interop-venv");
-    let python = venv.join("bin").join("python");
-    let stamp_path = venv.join("interop-requirements.stamp");
-    let reqs = root.join("tests/interop/requirements.txt");
-    let stamp = [reqs.clone(), root.join("examples/django/requirements.txt")]
-        .iter()
-        .map(|p| std::fs::read_to_string(p).unwrap())
-        .collect::<Vec<_>>()
-        .join("\n");
-    if python.exists() && std::fs::read_to_string(&stamp_path).ok().as_deref() == Some(&stamp) {
-        return python;
-    }
-    std::fs::create_dir_all(root.join("target")).unwrap();
-    let log = root.join("target").join("interop-venv-setup.log");
-    let (ok, out) = run_bounded(
-        Command::new("python3")
-            .args(["-m", "venv", "--clear"])
-            .arg(&venv),
-        &log,
-        SETUP_TIMEOUT,
-    );
-    assert!(
-        ok,
-        "`python3 -m venv {}` failed; install python3-venv.\n{out}",
-        venv.display()
-    );
-    let (ok, out) = run_bounded(
-        Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--disable-pip-version-check",
-                "--no-input",
-                "-q",
-                "-r",
-            ])
-            .arg(&reqs),
-        &log,
-        SETUP_TIMEOUT,
-    );
-    assert!(ok, "pip install -r {} failed:\n{out}", reqs.display());
-    std::fs::write(&stamp_path, &stamp).unwrap();
-    python
-}
-
-/// A WSGI app that reads its whole body (as Django does) and answers
-/// `METHOD PATH_INFO BODY_LEN`.
 const WSGI_APP: &str = r#"
 def application(environ, start_response):
     n = int(environ.get("CONTENT_LENGTH") or 0)

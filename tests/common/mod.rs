@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, dead_code)]
 
 pub mod raw;
+pub mod venv;
 
 use bytes::Bytes;
 use gateway::server::{self, Listeners, ServerHandle};
