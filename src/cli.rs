@@ -79,6 +79,17 @@ pub enum Command {
         #[arg(long)]
         kid: Option<String>,
     },
+    /// Logins (token families) in the store: list them, revoke them. Running
+    /// gateways refuse a revoked login's access tokens within seconds.
+    Sessions {
+        #[command(subcommand)]
+        command: SessionsCommand,
+    },
+    /// Login rate-limit lockouts in the store: list them, clear one.
+    Lockouts {
+        #[command(subcommand)]
+        command: LockoutsCommand,
+    },
     /// Mint an access token with the config's signing key and print it.
     Token {
         #[command(flatten)]
@@ -125,5 +136,59 @@ pub enum UserCommand {
         /// --claims is_staff,email (default: none, as simplejwt).
         #[arg(long, value_delimiter = ',', value_name = "FIELDS")]
         claims: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionsCommand {
+    /// A user's sessions that have not ended (revoked ones included).
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long, value_name = "ID")]
+        user_id: String,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke every session of a user, or one session by its id.
+    Revoke {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(
+            long,
+            value_name = "ID",
+            required_unless_present = "sid",
+            conflicts_with = "sid"
+        )]
+        user_id: Option<String>,
+        /// A session id (the `sid` claim of its tokens).
+        #[arg(long, value_name = "SID")]
+        sid: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LockoutsCommand {
+    /// Usernames and addresses at their failed-login limit, and for how long.
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Also counters below their limit.
+        #[arg(long)]
+        all: bool,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget a username's failed logins (or an address's, with --address).
+    Clear {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The username (with --address: the client address).
+        name: String,
+        /// NAME is a client address, not a username.
+        #[arg(long)]
+        address: bool,
     },
 }

@@ -31,3 +31,10 @@ pub fn with_http_date<R>(f: impl FnOnce(&[u8]) -> R) -> R {
         f(d.1.as_bytes())
     })
 }
+
+/// Wall-clock seconds since the epoch (token times, store records).
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}

@@ -4,6 +4,7 @@
 
 mod cli;
 mod commands;
+mod operator;
 
 use anyhow::Context;
 use clap::Parser;
@@ -40,6 +41,8 @@ fn main() -> ExitCode {
             } => commands::import_django(&dump, &users_file, &claims),
         }),
         Command::Keygen { alg, out, kid } => admin(commands::keygen(&alg, &out, kid)),
+        Command::Sessions { command } => admin(operator::sessions(command)),
+        Command::Lockouts { command } => admin(operator::lockouts(command)),
         Command::Token {
             config,
             user_id,
@@ -115,7 +118,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
         tracing::warn!("!!! tls.self_signed = true: serving a throwaway certificate for localhost. Development only: browsers and clients will not trust it !!!");
     }
     let listeners = server::Listeners::bind(&config).await?;
-    let handle = server::start(config, listeners).context("cannot start")?;
+    let handle = server::start(config, listeners)
+        .await
+        .context("cannot start")?;
     // A drain cut short by the grace period is still a clean, intended exit.
     server::run_until_signalled(handle).await?;
     Ok(())

@@ -112,7 +112,7 @@ pub struct ServerHandle {
 }
 
 /// Starts serving `listeners` with `config`. Must run inside a Tokio runtime.
-pub fn start(config: Config, listeners: Listeners) -> Result<ServerHandle, ServerError> {
+pub async fn start(config: Config, listeners: Listeners) -> Result<ServerHandle, ServerError> {
     let tls = match &config.tls {
         Some(t) => Some(TlsAcceptor::from(tls::server_config(t)?)),
         None => None,
@@ -140,8 +140,14 @@ pub fn start(config: Config, listeners: Listeners) -> Result<ServerHandle, Serve
     let max_header_bytes = s.max_header_bytes.max(8192);
     let config_path = config.path.clone();
     let main_is_tls = tls.is_some();
-    let deps = Deps::open(&config)?;
+    let deps = Deps::open(&config).await?;
     spawn_purge(&config, &deps);
+    if let Some(store) = deps.store.clone() {
+        let mirror = deps.revoked.clone();
+        // Revocations made by other replicas and by `gateway sessions
+        // revoke` reach this process's mirror.
+        tokio::spawn(async move { store.follow_revocations(mirror).await });
+    }
     let shared = Arc::new(Shared {
         header_read_timeout: s.header_read_timeout,
         idle_timeout: s.idle_timeout,
@@ -286,16 +292,9 @@ fn spawn_purge(config: &Config, deps: &Deps) {
             tokio::time::sleep(every).await;
             let now = crate::tokens::unix_now();
             revoked.purge(now);
-            let store = store.clone();
-            match tokio::task::spawn_blocking(move || store.purge(now, now.saturating_sub(keep)))
-                .await
-            {
-                Ok(Ok(n)) if n > 0 => tracing::debug!(rows = n, "purged expired store rows"),
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
-                    tracing::error!(error = %crate::response::error_chain(&e), "store purge failed")
-                }
-                Err(_) => tracing::error!("store purge task failed"),
+            // Failures are logged by the store, once per outage.
+            if let Ok(n @ 1..) = store.purge(now, now.saturating_sub(keep)).await {
+                tracing::debug!(rows = n, "purged expired store rows");
             }
         }
     });

@@ -428,7 +428,7 @@ async fn server_start_reports_tls_errors() {
     std::fs::write(&path, tls_toml("[tls]\ncert = \"a.crt\"\nkey = \"b.key\"")).unwrap();
     let config = gateway::config::load(&path).unwrap();
     let listeners = gateway::server::Listeners::bind(&config).await.unwrap();
-    let err = match gateway::server::start(config, listeners) {
+    let err = match gateway::server::start(config, listeners).await {
         Ok(_) => panic!("started with a mismatched key"),
         Err(e) => e.to_string(),
     };

@@ -212,9 +212,13 @@ pub struct RawRateLimit {
     pub per_address_window: Option<HumanDuration>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawStore {
     pub path: Option<Spanned<String>>,
+    pub url: Option<Spanned<String>>,
+    pub password: Option<Spanned<String>>,
+    pub key_prefix: Option<Spanned<String>>,
+    pub timeout: Option<HumanDuration>,
     pub purge_interval: Option<HumanDuration>,
 }

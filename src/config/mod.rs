@@ -81,9 +81,42 @@ pub struct RateLimitConfig {
 
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
-    /// The SQLite file.
-    pub path: PathBuf,
+    pub backend: StoreBackend,
     pub purge_interval: Duration,
+}
+
+/// Where token state lives: one SQLite file (one gateway) or Redis
+/// (shared by replicas).
+#[derive(Clone)]
+pub enum StoreBackend {
+    Sqlite {
+        path: PathBuf,
+    },
+    Redis {
+        /// `redis://`, `rediss://` or `redis+unix://`; may hold a password.
+        url: String,
+        /// `[store] password`, resolved (`env:NAME` allowed).
+        password: Option<String>,
+        key_prefix: String,
+        /// Connect and command deadline.
+        timeout: Duration,
+    },
+}
+
+// SECURITY: never print the password, in the field or in the URL.
+impl fmt::Debug for StoreBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreBackend::Sqlite { path } => write!(f, "sqlite {}", path.display()),
+            StoreBackend::Redis { url, .. } => {
+                let shown = match (url.find("://"), url.rfind('@')) {
+                    (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
+                    _ => url.clone(),
+                };
+                write!(f, "redis {shown}")
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

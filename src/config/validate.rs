@@ -6,7 +6,7 @@
 //! a tenth of the file is tests.
 
 use super::file::{
-    RawConfig, RawIdentity, RawJwt, RawKey, RawRoute, RawTls, RawTokens, RawUpstream,
+    RawConfig, RawIdentity, RawJwt, RawKey, RawRoute, RawStore, RawTls, RawTokens, RawUpstream,
 };
 use super::values::SecretSource;
 use super::*;
@@ -158,18 +158,7 @@ fn validate(r: &mut Report, path: &Path, raw: RawConfig) -> Config {
     let tokens = raw
         .tokens
         .map(|t| validate_tokens(r, &base, t, jwt.as_ref(), &upstreams));
-    let store = StoreConfig {
-        path: raw
-            .store
-            .as_ref()
-            .and_then(|s| s.path.as_ref())
-            .map_or_else(|| base.join("gateway.db"), |p| resolve(&base, p.get_ref())),
-        purge_interval: raw
-            .store
-            .as_ref()
-            .and_then(|s| s.purge_interval)
-            .map_or(Duration::from_secs(600), |d| d.0),
-    };
+    let store = validate_store(r, &base, raw.store);
 
     let mut routes = Vec::new();
     for (i, route) in raw.routes.into_iter().enumerate() {
@@ -229,6 +218,85 @@ fn token_path(r: &mut Report, v: Option<Spanned<String>>, key: &str, default: &s
             default.to_string()
         }
         Some(p) => p.into_inner(),
+    }
+}
+
+fn validate_store(r: &mut Report, base: &Path, raw: Option<RawStore>) -> StoreConfig {
+    let raw = raw.unwrap_or_default();
+    let purge_interval = raw.purge_interval.map_or(Duration::from_secs(600), |d| d.0);
+    let Some(url) = raw.url else {
+        for (v, key) in [
+            (&raw.password, "store.password"),
+            (&raw.key_prefix, "store.key_prefix"),
+        ] {
+            if let Some(v) = v {
+                r.spanned(v, key, "only with store.url (Redis)");
+            }
+        }
+        return StoreConfig {
+            backend: StoreBackend::Sqlite {
+                path: raw
+                    .path
+                    .as_ref()
+                    .map_or_else(|| base.join("gateway.db"), |p| resolve(base, p.get_ref())),
+            },
+            purge_interval,
+        };
+    };
+    if let Some(p) = &raw.path {
+        r.spanned(
+            p,
+            "store.path",
+            "set either path (SQLite) or url (Redis), not both",
+        );
+    }
+    let text = url.get_ref();
+    let scheme_ok = ["redis://", "rediss://", "redis+unix://", "unix://"]
+        .iter()
+        .any(|s| text.starts_with(s));
+    if !scheme_ok {
+        r.spanned(
+            &url,
+            "store.url",
+            "must start with redis://, rediss:// (TLS) or redis+unix:// (e.g. \"redis://127.0.0.1:6379/0\")",
+        );
+    } else if let Err(e) = redis::IntoConnectionInfo::into_connection_info(text.as_str()) {
+        r.spanned(&url, "store.url", format!("not a Redis URL: {e}"));
+    }
+    let password =
+        raw.password
+            .as_ref()
+            .and_then(|p| match SecretSource::parse(p.get_ref()).resolve(base) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    r.spanned(p, "store.password", e);
+                    None
+                }
+            });
+    let key_prefix = match raw.key_prefix {
+        Some(p)
+            if p.get_ref()
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control()) =>
+        {
+            r.spanned(
+                &p,
+                "store.key_prefix",
+                "must not contain spaces or control characters",
+            );
+            String::new()
+        }
+        Some(p) => p.into_inner(),
+        None => "gateway:".to_string(),
+    };
+    StoreConfig {
+        backend: StoreBackend::Redis {
+            url: url.into_inner(),
+            password,
+            key_prefix,
+            timeout: raw.timeout.map_or(Duration::from_secs(2), |d| d.0),
+        },
+        purge_interval,
     }
 }
 
@@ -596,7 +664,7 @@ fn validate_upstream(
     for (i, s) in u.servers.iter().flatten().enumerate() {
         servers.extend(upstream_addr(r, s, &format!("{key}.servers[{i}]")));
     }
-    if u.url.is_none() && u.servers.as_ref().map_or(true, |s| s.is_empty()) {
+    if u.url.is_none() && u.servers.as_ref().is_none_or(|s| s.is_empty()) {
         r.at(
             None,
             &format!("{key}.url"),

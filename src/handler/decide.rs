@@ -51,7 +51,7 @@ impl<'h> Facts<'h> {
                     f.host.get_or_insert(v);
                 }
                 Name::ContentLength => match crate::wire::parse_length(v) {
-                    Some(len) if f.content_length.map_or(true, |c| c == len) => {
+                    Some(len) if f.content_length.is_none_or(|c| c == len) => {
                         f.content_length = Some(len)
                     }
                     _ => f.bad_length = true,

@@ -41,7 +41,7 @@ mod state;
 
 pub use general::handle;
 pub(crate) use request_id::RequestId;
-pub use state::{AppState, Deps, StateError};
+pub use state::{open_store, AppState, Deps, StateError};
 
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};

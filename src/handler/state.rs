@@ -8,12 +8,13 @@ use std::sync::Arc;
 
 use crate::auth::identity::Strip;
 use crate::auth::{AuthSetupError, Authenticator};
-use crate::config::{Config, RouteTarget};
+use crate::config::{Config, RouteTarget, StoreBackend};
 use crate::proxy::exchange::Budget;
 use crate::proxy::Upstream;
 use crate::router::Router;
 use crate::static_files::StaticFiles;
-use crate::store::{RevokedFamilies, SqliteStore, Store, StoreError};
+use crate::store::redis::RedisSettings;
+use crate::store::{RedisStore, RevokedFamilies, SqliteStore, Store, StoreError};
 use crate::tokens::{TokenService, TokenSetupError};
 
 /// Everything a request needs, built from one config. Replaced whole on
@@ -46,7 +47,7 @@ pub struct Deps {
 impl Deps {
     /// Opens the store (when token issuing is configured) and loads the
     /// revoked families into the in-memory mirror.
-    pub fn open(config: &Config) -> Result<Deps, StoreError> {
+    pub async fn open(config: &Config) -> Result<Deps, StoreError> {
         let revoked = Arc::new(RevokedFamilies::new());
         let budget = Budget::new(config.server.request_buffer_budget);
         if config.tokens.is_none() {
@@ -56,9 +57,9 @@ impl Deps {
                 budget,
             });
         }
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.store.path)?);
+        let store = open_store(&config.store.backend).await?;
         let now = crate::tokens::unix_now();
-        for (sid, until) in store.revoked_families(now)? {
+        for (sid, until) in store.revoked_families(now).await? {
             revoked.insert(&sid, until);
         }
         Ok(Deps {
@@ -78,6 +79,27 @@ impl Deps {
             budget: Budget::new(0),
         })
     }
+}
+
+/// The store `[store]` names (also for the operator commands).
+pub async fn open_store(backend: &StoreBackend) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match backend {
+        StoreBackend::Sqlite { path } => Arc::new(SqliteStore::open(path)?),
+        StoreBackend::Redis {
+            url,
+            password,
+            key_prefix,
+            timeout,
+        } => Arc::new(
+            RedisStore::connect(&RedisSettings {
+                url: url.clone(),
+                password: password.clone(),
+                key_prefix: key_prefix.clone(),
+                timeout: *timeout,
+            })
+            .await?,
+        ),
+    })
 }
 
 pub(super) enum Target {

@@ -97,7 +97,7 @@ pub async fn forward(
     let mut charge = out.budget.charge();
     let whole = if http_body::Body::is_end_stream(&source.body) {
         true
-    } else if declared.map_or(true, |n| n <= up.config.request_buffering) {
+    } else if declared.is_none_or(|n| n <= up.config.request_buffering) {
         exchange::buffer(
             &mut source,
             &mut held,

@@ -1,15 +1,24 @@
 //! The SQLite store: one file, WAL mode, versioned schema migrations
 //! (`PRAGMA user_version`), created on first start.
 //!
-//! Calls are blocking; callers run them on the blocking pool. One
-//! connection behind a mutex: the token routes are not the hot path (the
-//! edge reads revocations from the in-memory mirror).
+//! One connection behind a mutex, used on the blocking pool: the token
+//! routes are not the hot path (the edge reads revocations from the
+//! in-memory mirror). Other processes (`gateway sessions revoke`) may
+//! write the same file; the running gateway polls for their revocations.
 
-use rusqlite::{params, Connection, OptionalExtension};
-use std::path::Path;
-use std::sync::Mutex;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use super::{Family, RefreshUse, Store, StoreError};
+use super::{
+    Attempt, FailureCount, Family, Limit, Outage, RefreshUse, RevokedFamilies, Store, StoreError,
+    StoreFuture,
+};
+
+/// How often the running gateway looks for revocations written by other
+/// processes.
+const POLL: Duration = Duration::from_secs(1);
 
 /// Schema steps; `user_version` records how many have run.
 const MIGRATIONS: &[&str] = &[
@@ -38,10 +47,16 @@ const MIGRATIONS: &[&str] = &[
         at INTEGER NOT NULL
      );
      CREATE INDEX login_failures_key ON login_failures (kind, key, at);",
+    // 2: login attempts are reserved under an id before the password is
+    // checked (and released by id on success); sessions listed by user.
+    "ALTER TABLE login_failures ADD COLUMN id TEXT;
+     CREATE INDEX families_user ON families (user_id);",
 ];
 
 pub struct SqliteStore {
-    conn: Mutex<Connection>,
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+    outage: Outage,
 }
 
 fn db(e: rusqlite::Error) -> StoreError {
@@ -65,20 +80,31 @@ impl SqliteStore {
             .map_err(db)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(db)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(db)?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(db)?;
         migrate(&mut conn)?;
         Ok(SqliteStore {
-            conn: Mutex::new(conn),
+            conn: Arc::new(Mutex::new(conn)),
+            path: path.to_path_buf(),
+            outage: Outage::default(),
         })
     }
 
-    fn with<T>(
+    /// Runs `f` on the connection, on the blocking pool.
+    fn run<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Connection) -> Result<T, rusqlite::Error>,
-    ) -> Result<T, StoreError> {
-        let mut conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
-        f(&mut conn).map_err(db)
+        f: impl FnOnce(&mut Connection) -> Result<T, rusqlite::Error> + Send + 'static,
+    ) -> StoreFuture<'_, T> {
+        let conn = self.conn.clone();
+        Box::pin(async move {
+            let r = tokio::task::spawn_blocking(move || {
+                let mut c = conn.lock().map_err(|_| StoreError::Poisoned)?;
+                f(&mut c).map_err(db)
+            })
+            .await
+            .unwrap_or(Err(StoreError::Join));
+            self.outage.observe(&self.describe(), &r);
+            r
+        })
     }
 }
 
@@ -107,9 +133,26 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+fn family_row(r: &rusqlite::Row<'_>) -> Result<Family, rusqlite::Error> {
+    Ok(Family {
+        sid: r.get(0)?,
+        user_id: r.get(1)?,
+        created_at: r.get(2)?,
+        expires_at: r.get(3)?,
+        revoked_at: r.get(4)?,
+    })
+}
+
+/// Whole seconds until the oldest failure in the window leaves it (>= 1).
+pub(crate) fn retry_after(oldest: Option<i64>, window: i64, now: i64) -> u64 {
+    let left = oldest.map_or(window, |t| t.saturating_add(window) - now);
+    u64::try_from(left.max(1)).unwrap_or(1)
+}
+
 impl Store for SqliteStore {
-    fn create_family(&self, f: &Family) -> Result<(), StoreError> {
-        self.with(|c| {
+    fn create_family<'a>(&'a self, f: &'a Family) -> StoreFuture<'a, ()> {
+        let f = f.clone();
+        self.run(move |c| {
             c.execute(
                 "INSERT INTO families (sid, user_id, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
                 params![f.sid, f.user_id, f.created_at, f.expires_at],
@@ -118,27 +161,37 @@ impl Store for SqliteStore {
         })
     }
 
-    fn family(&self, sid: &str) -> Result<Option<Family>, StoreError> {
-        self.with(|c| {
+    fn family<'a>(&'a self, sid: &'a str) -> StoreFuture<'a, Option<Family>> {
+        let sid = sid.to_string();
+        self.run(move |c| {
             c.query_row(
                 "SELECT sid, user_id, created_at, expires_at, revoked_at FROM families WHERE sid = ?1",
                 params![sid],
-                |r| {
-                    Ok(Family {
-                        sid: r.get(0)?,
-                        user_id: r.get(1)?,
-                        created_at: r.get(2)?,
-                        expires_at: r.get(3)?,
-                        revoked_at: r.get(4)?,
-                    })
-                },
+                family_row,
             )
             .optional()
         })
     }
 
-    fn revoke_family(&self, sid: &str, at: i64, reason: &str) -> Result<Option<i64>, StoreError> {
-        self.with(|c| {
+    fn sessions<'a>(&'a self, user_id: &'a str, now: i64) -> StoreFuture<'a, Vec<Family>> {
+        let user_id = user_id.to_string();
+        self.run(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT sid, user_id, created_at, expires_at, revoked_at FROM families WHERE user_id = ?1 AND expires_at > ?2 ORDER BY created_at, sid",
+            )?;
+            let rows = stmt.query_map(params![user_id, now], family_row)?;
+            rows.collect()
+        })
+    }
+
+    fn revoke_family<'a>(
+        &'a self,
+        sid: &'a str,
+        at: i64,
+        reason: &'a str,
+    ) -> StoreFuture<'a, Option<i64>> {
+        let (sid, reason) = (sid.to_string(), reason.to_string());
+        self.run(move |c| {
             c.execute(
                 "UPDATE families SET revoked_at = ?2, revoke_reason = ?3 WHERE sid = ?1 AND revoked_at IS NULL",
                 params![sid, at, reason],
@@ -148,15 +201,16 @@ impl Store for SqliteStore {
         })
     }
 
-    fn record_refresh(
-        &self,
-        jti: &str,
-        sid: &str,
-        user_id: &str,
+    fn record_refresh<'a>(
+        &'a self,
+        jti: &'a str,
+        sid: &'a str,
+        user_id: &'a str,
         issued_at: i64,
         expires_at: i64,
-    ) -> Result<(), StoreError> {
-        self.with(|c| {
+    ) -> StoreFuture<'a, ()> {
+        let (jti, sid, user_id) = (jti.to_string(), sid.to_string(), user_id.to_string());
+        self.run(move |c| {
             c.execute(
                 "INSERT OR IGNORE INTO refresh_tokens (jti, sid, user_id, issued_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![jti, sid, user_id, issued_at, expires_at],
@@ -165,8 +219,9 @@ impl Store for SqliteStore {
         })
     }
 
-    fn use_refresh(&self, jti: &str, at: i64) -> Result<RefreshUse, StoreError> {
-        self.with(|c| {
+    fn use_refresh<'a>(&'a self, jti: &'a str, at: i64) -> StoreFuture<'a, RefreshUse> {
+        let jti = jti.to_string();
+        self.run(move |c| {
             // One statement decides the race: only one caller flips used_at.
             let changed = c.execute(
                 "UPDATE refresh_tokens SET used_at = ?2 WHERE jti = ?1 AND used_at IS NULL",
@@ -190,8 +245,9 @@ impl Store for SqliteStore {
         })
     }
 
-    fn is_used(&self, jti: &str) -> Result<bool, StoreError> {
-        self.with(|c| {
+    fn is_used<'a>(&'a self, jti: &'a str) -> StoreFuture<'a, bool> {
+        let jti = jti.to_string();
+        self.run(move |c| {
             c.query_row(
                 "SELECT used_at IS NOT NULL FROM refresh_tokens WHERE jti = ?1",
                 params![jti],
@@ -202,8 +258,9 @@ impl Store for SqliteStore {
         })
     }
 
-    fn refresh_family(&self, jti: &str) -> Result<Option<String>, StoreError> {
-        self.with(|c| {
+    fn refresh_family<'a>(&'a self, jti: &'a str) -> StoreFuture<'a, Option<String>> {
+        let jti = jti.to_string();
+        self.run(move |c| {
             c.query_row(
                 "SELECT sid FROM refresh_tokens WHERE jti = ?1",
                 params![jti],
@@ -213,51 +270,103 @@ impl Store for SqliteStore {
         })
     }
 
-    fn revoked_families(&self, now: i64) -> Result<Vec<(String, i64)>, StoreError> {
-        self.with(|c| {
+    fn revoked_families(&self, now: i64) -> StoreFuture<'_, Vec<(String, i64)>> {
+        self.run(move |c| {
             let mut stmt = c.prepare("SELECT sid, expires_at FROM families WHERE revoked_at IS NOT NULL AND expires_at > ?1")?;
             let rows = stmt.query_map(params![now], |r| Ok((r.get(0)?, r.get(1)?)))?;
             rows.collect()
         })
     }
 
-    fn record_failure(&self, kind: &str, key: &str, at: i64) -> Result<(), StoreError> {
-        self.with(|c| {
+    fn reserve_attempt<'a>(
+        &'a self,
+        limits: &'a [Limit],
+        id: &'a str,
+        now: i64,
+    ) -> StoreFuture<'a, Attempt> {
+        let (limits, id) = (limits.to_vec(), id.to_string());
+        self.run(move |c| {
+            // IMMEDIATE: the write lock is taken before counting, so no
+            // other connection (or process) counts in between.
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut refused = 0;
+            for l in &limits {
+                let (count, oldest): (u32, Option<i64>) = tx.query_row(
+                    "SELECT COUNT(*), MIN(at) FROM login_failures WHERE kind = ?1 AND key = ?2 AND at > ?3",
+                    params![l.kind, l.key, now.saturating_sub(l.window)],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?;
+                if count >= l.limit {
+                    refused = refused.max(retry_after(oldest, l.window, now));
+                }
+            }
+            if refused > 0 {
+                return Ok(Attempt::Refused {
+                    retry_after: refused,
+                });
+            }
+            for l in &limits {
+                tx.execute(
+                    "INSERT INTO login_failures (kind, key, at, id) VALUES (?1, ?2, ?3, ?4)",
+                    params![l.kind, l.key, now, id],
+                )?;
+            }
+            tx.commit()?;
+            Ok(Attempt::Reserved)
+        })
+    }
+
+    fn release_attempt<'a>(
+        &'a self,
+        kind: &'a str,
+        key: &'a str,
+        id: &'a str,
+    ) -> StoreFuture<'a, ()> {
+        let (kind, key, id) = (kind.to_string(), key.to_string(), id.to_string());
+        self.run(move |c| {
             c.execute(
-                "INSERT INTO login_failures (kind, key, at) VALUES (?1, ?2, ?3)",
-                params![kind, key, at],
+                "DELETE FROM login_failures WHERE kind = ?1 AND key = ?2 AND id = ?3",
+                params![kind, key, id],
             )
             .map(|_| ())
         })
     }
 
-    fn failures_since(
-        &self,
-        kind: &str,
-        key: &str,
+    fn failure_counts<'a>(
+        &'a self,
+        kind: &'a str,
         since: i64,
-    ) -> Result<(u32, Option<i64>), StoreError> {
-        self.with(|c| {
-            c.query_row(
-                "SELECT COUNT(*), MIN(at) FROM login_failures WHERE kind = ?1 AND key = ?2 AND at > ?3",
-                params![kind, key, since],
-                |r| Ok((r.get::<_, u32>(0)?, r.get::<_, Option<i64>>(1)?)),
-            )
+    ) -> StoreFuture<'a, Vec<FailureCount>> {
+        let kind = kind.to_string();
+        self.run(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT key, COUNT(*), MIN(at) FROM login_failures WHERE kind = ?1 AND at > ?2 GROUP BY key ORDER BY key",
+            )?;
+            let rows = stmt.query_map(params![kind, since], |r| {
+                Ok(FailureCount {
+                    kind: kind.clone(),
+                    key: r.get(0)?,
+                    count: r.get(1)?,
+                    oldest: r.get(2)?,
+                })
+            })?;
+            rows.collect()
         })
     }
 
-    fn clear_failures(&self, kind: &str, key: &str) -> Result<(), StoreError> {
-        self.with(|c| {
+    fn clear_failures<'a>(&'a self, kind: &'a str, key: &'a str) -> StoreFuture<'a, u64> {
+        let (kind, key) = (kind.to_string(), key.to_string());
+        self.run(move |c| {
             c.execute(
                 "DELETE FROM login_failures WHERE kind = ?1 AND key = ?2",
                 params![kind, key],
             )
-            .map(|_| ())
+            .map(|n| n as u64)
         })
     }
 
-    fn purge(&self, now: i64, failures_before: i64) -> Result<usize, StoreError> {
-        self.with(|c| {
+    fn purge(&self, now: i64, failures_before: i64) -> StoreFuture<'_, usize> {
+        self.run(move |c| {
             let tx = c.transaction()?;
             let mut n = tx.execute(
                 "DELETE FROM refresh_tokens WHERE expires_at <= ?1",
@@ -272,45 +381,148 @@ impl Store for SqliteStore {
             Ok(n)
         })
     }
+
+    fn follow_revocations(&self, mirror: Arc<RevokedFamilies>) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            // Revocation times are whole seconds: look back a little, so a
+            // revocation committed in the second of the last poll is seen.
+            let mut since = crate::clock::unix_now().saturating_sub(2);
+            loop {
+                tokio::time::sleep(POLL).await;
+                let now = crate::clock::unix_now();
+                let found = self.run(move |c| {
+                    let mut stmt = c.prepare_cached(
+                        "SELECT sid, expires_at FROM families WHERE revoked_at >= ?1 AND expires_at > ?2",
+                    )?;
+                    let rows = stmt.query_map(params![since, now], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+                    })?;
+                    rows.collect::<Result<Vec<_>, _>>()
+                });
+                if let Ok(rows) = found.await {
+                    for (sid, until) in rows {
+                        mirror.insert(&sid, until);
+                    }
+                    since = now.saturating_sub(2);
+                }
+            }
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("sqlite {}", self.path.display())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn families_refresh_tokens_and_failures_persist() {
+    #[tokio::test]
+    async fn families_refresh_tokens_and_failures_persist() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("g.db");
         {
             let s = SqliteStore::open(&path).unwrap();
-            s.create_family(&Family {
+            let f = Family {
                 sid: "f1".into(),
                 user_id: "7".into(),
                 created_at: 10,
                 expires_at: 1000,
                 revoked_at: None,
-            })
-            .unwrap();
-            s.record_refresh("j1", "f1", "7", 10, 500).unwrap();
-            assert_eq!(s.use_refresh("j1", 20).unwrap(), RefreshUse::Fresh);
-            assert_eq!(s.use_refresh("j1", 21).unwrap(), RefreshUse::AlreadyUsed);
-            assert_eq!(s.use_refresh("nope", 21).unwrap(), RefreshUse::Unknown);
-            assert_eq!(s.refresh_family("j1").unwrap().as_deref(), Some("f1"));
-            assert_eq!(s.refresh_family("nope").unwrap(), None);
-            assert_eq!(s.revoke_family("f1", 30, "reuse").unwrap(), Some(1000));
-            s.record_failure("user", "bob", 40).unwrap();
-            s.record_failure("user", "bob", 41).unwrap();
-            assert_eq!(s.failures_since("user", "bob", 0).unwrap(), (2, Some(40)));
+            };
+            s.create_family(&f).await.unwrap();
+            assert_eq!(s.sessions("7", 20).await.unwrap(), vec![f]);
+            s.record_refresh("j1", "f1", "7", 10, 500).await.unwrap();
+            assert_eq!(s.use_refresh("j1", 20).await.unwrap(), RefreshUse::Fresh);
+            assert_eq!(
+                s.use_refresh("j1", 21).await.unwrap(),
+                RefreshUse::AlreadyUsed
+            );
+            assert_eq!(
+                s.use_refresh("nope", 21).await.unwrap(),
+                RefreshUse::Unknown
+            );
+            assert_eq!(s.refresh_family("j1").await.unwrap().as_deref(), Some("f1"));
+            assert_eq!(s.refresh_family("nope").await.unwrap(), None);
+            assert_eq!(
+                s.revoke_family("f1", 30, "reuse").await.unwrap(),
+                Some(1000)
+            );
         }
         // Reopened: the revocation survived, and migrations are not rerun.
         let s = SqliteStore::open(&path).unwrap();
         assert_eq!(
-            s.revoked_families(100).unwrap(),
+            s.revoked_families(100).await.unwrap(),
             vec![("f1".to_string(), 1000)]
         );
-        assert!(s.family("f1").unwrap().unwrap().revoked_at.is_some());
-        assert_eq!(s.purge(2000, 2000).unwrap(), 4);
-        assert!(s.revoked_families(100).unwrap().is_empty());
+        assert!(s.family("f1").await.unwrap().unwrap().revoked_at.is_some());
+        assert_eq!(s.purge(2000, 2000).await.unwrap(), 2);
+        assert!(s.revoked_families(100).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn attempts_are_reserved_all_or_nothing() {
+        let s = SqliteStore::open(Path::new(":memory:")).unwrap();
+        let limits = |user: &str| {
+            vec![
+                Limit {
+                    kind: "user",
+                    key: user.to_string(),
+                    limit: 2,
+                    window: 100,
+                },
+                Limit {
+                    kind: "address",
+                    key: "10.0.0.1".to_string(),
+                    limit: 3,
+                    window: 10,
+                },
+            ]
+        };
+        let bob = limits("bob");
+        assert_eq!(
+            s.reserve_attempt(&bob, "a", 1000).await.unwrap(),
+            Attempt::Reserved
+        );
+        assert_eq!(
+            s.reserve_attempt(&bob, "b", 1001).await.unwrap(),
+            Attempt::Reserved
+        );
+        // bob is full: refused until his oldest attempt leaves the window,
+        // and the address is not charged for the refused attempt.
+        assert_eq!(
+            s.reserve_attempt(&bob, "c", 1002).await.unwrap(),
+            Attempt::Refused { retry_after: 98 }
+        );
+        let carol = limits("carol");
+        assert_eq!(
+            s.reserve_attempt(&carol, "d", 1003).await.unwrap(),
+            Attempt::Reserved
+        );
+        assert_eq!(
+            s.reserve_attempt(&carol, "e", 1004).await.unwrap(),
+            Attempt::Refused { retry_after: 6 }
+        );
+        // A released attempt frees its slot.
+        s.release_attempt("address", "10.0.0.1", "d").await.unwrap();
+        s.release_attempt("user", "carol", "d").await.unwrap();
+        assert_eq!(
+            s.reserve_attempt(&carol, "f", 1005).await.unwrap(),
+            Attempt::Reserved
+        );
+        let counts = s.failure_counts("user", 900).await.unwrap();
+        assert_eq!(
+            counts
+                .iter()
+                .map(|c| (c.key.as_str(), c.count, c.oldest))
+                .collect::<Vec<_>>(),
+            vec![("bob", 2, 1000), ("carol", 1, 1005)]
+        );
+        assert_eq!(s.clear_failures("user", "bob").await.unwrap(), 2);
+        assert_eq!(
+            s.reserve_attempt(&bob, "g", 1012).await.unwrap(),
+            Attempt::Reserved
+        );
     }
 }

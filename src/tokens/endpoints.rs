@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use super::credentials::Lookup;
 use super::issue::{extra_claims, new_jti, Claims};
-use super::{blocking, rate_limit, request, unix_now, TokenError, TokenService};
+use super::{rate_limit, request, unix_now, TokenError, TokenService};
 use crate::auth::jwt::TokenProblem;
 use crate::auth::Authenticator;
 use crate::body::{self as response, Body};
@@ -31,16 +31,21 @@ impl TokenService {
     ) -> Result<Response<Body>, TokenError> {
         let fields = request::fields(ct, body, &["username", "password"])?;
         let (username, password) = (&fields[0], &fields[1]);
-        rate_limit::check(&self.store, &self.cfg.rate_limit, username, peer).await?;
+        let limits = &self.cfg.rate_limit;
+        let store = self.store.as_ref();
+        // SECURITY: the attempt is counted before the password is checked,
+        // so concurrent guesses cannot all pass the limit.
+        let slot = rate_limit::reserve(store, limits, username, peer).await?;
         let user = match self.credentials.authenticate(username, password).await {
             Ok(Some(u)) => u,
-            Ok(None) => {
-                rate_limit::failed(&self.store, username, peer).await?;
-                return Err(TokenError::BadCredentials);
+            // A failure keeps its reserved slot: it is the count.
+            Ok(None) => return Err(TokenError::BadCredentials),
+            Err(e) => {
+                rate_limit::release(store, limits, username, slot).await?;
+                return Err(TokenError::CredentialsUnavailable(e));
             }
-            Err(e) => return Err(TokenError::CredentialsUnavailable(e)),
         };
-        rate_limit::succeeded(&self.store, username).await?;
+        rate_limit::succeeded(store, limits, username, slot).await?;
 
         let now = unix_now();
         let family = Family {
@@ -50,8 +55,8 @@ impl TokenService {
             expires_at: now.saturating_add(secs(self.cfg.session_max)),
             revoked_at: None,
         };
-        let f = family.clone();
-        blocking(&self.store, move |s| s.create_family(&f))
+        self.store
+            .create_family(&family)
             .await
             .map_err(TokenError::Store)?;
         let refresh = self
@@ -92,10 +97,7 @@ impl TokenService {
         // The family: ours (sid) or a new one for a simplejwt-issued token.
         let family = match &sid {
             Some(sid) => {
-                let s = sid.clone();
-                let fam = blocking(&self.store, move |st| st.family(&s))
-                    .await
-                    .map_err(TokenError::Store)?;
+                let fam = self.store.family(sid).await.map_err(TokenError::Store)?;
                 match fam {
                     Some(f) if f.revoked_at.is_some() => {
                         return Err(TokenError::Token(TokenProblem::Blacklisted))
@@ -122,31 +124,25 @@ impl TokenService {
         if !single_use && sid.is_none() {
             // Reusable refresh tokens (as simplejwt without rotation): a
             // simplejwt token stays usable until blacklisted.
-            let j = jti.clone();
-            let used = blocking(&self.store, move |s| s.is_used(&j))
-                .await
-                .map_err(TokenError::Store)?;
+            let used = self.store.is_used(&jti).await.map_err(TokenError::Store)?;
             if used {
                 return Err(TokenError::Token(TokenProblem::Blacklisted));
             }
         }
         if single_use {
-            let (j, fsid, uid, exp) = (
-                jti.clone(),
-                family.sid.clone(),
-                user_id.clone(),
-                claims.get("exp").and_then(Value::as_i64).unwrap_or(now),
-            );
-            let foreign = sid.is_none();
-            let outcome = blocking(&self.store, move |s| {
-                if foreign {
-                    // A simplejwt token: remember it, so it too is single use.
-                    s.record_refresh(&j, &fsid, &uid, now, exp)?;
-                }
-                s.use_refresh(&j, now)
-            })
-            .await
-            .map_err(TokenError::Store)?;
+            let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(now);
+            if sid.is_none() {
+                // A simplejwt token: remember it, so it too is single use.
+                self.store
+                    .record_refresh(&jti, &family.sid, &user_id, now, exp)
+                    .await
+                    .map_err(TokenError::Store)?;
+            }
+            let outcome = self
+                .store
+                .use_refresh(&jti, now)
+                .await
+                .map_err(TokenError::Store)?;
             match outcome {
                 RefreshUse::Fresh => {}
                 RefreshUse::AlreadyUsed | RefreshUse::Unknown => {
@@ -156,13 +152,12 @@ impl TokenService {
                     // the one its first use started, recorded with its jti.
                     let victim = match &sid {
                         Some(sid) => Some(sid.clone()),
-                        None => {
-                            let j = jti.clone();
-                            blocking(&self.store, move |s| s.refresh_family(&j))
-                                .await
-                                .map_err(TokenError::Store)?
-                                .filter(|s| !s.is_empty())
-                        }
+                        None => self
+                            .store
+                            .refresh_family(&jti)
+                            .await
+                            .map_err(TokenError::Store)?
+                            .filter(|s| !s.is_empty()),
                     };
                     if let Some(sid) = &victim {
                         tracing::warn!(sid = %sid, user_id = %user_id, "refresh token reuse detected: revoking its token family");
@@ -180,8 +175,8 @@ impl TokenService {
             Lookup::NotChecked => extra_claims(&claims, &self.user_id_claim),
         };
         if sid.is_none() {
-            let f = family.clone();
-            blocking(&self.store, move |s| s.create_family(&f))
+            self.store
+                .create_family(&family)
                 .await
                 .map_err(TokenError::Store)?;
         }
@@ -226,11 +221,7 @@ impl TokenService {
             // simplejwt-issued one has no family at all).
             let is_refresh = claims.get("token_type").and_then(Value::as_str) == Some("refresh");
             if let (true, Some(jti)) = (is_refresh, claims.get("jti").and_then(Value::as_str)) {
-                let j = jti.to_string();
-                if blocking(&self.store, move |s| s.is_used(&j))
-                    .await
-                    .map_err(TokenError::Store)?
-                {
+                if self.store.is_used(jti).await.map_err(TokenError::Store)? {
                     return Err(TokenError::VerifyBlacklisted);
                 }
             }
@@ -252,17 +243,16 @@ impl TokenService {
                 if self.revoked.is_revoked(sid) {
                     return Err(TokenError::Token(TokenProblem::Blacklisted));
                 }
-                let s = sid.to_string();
-                let fam = blocking(&self.store, move |st| st.family(&s))
-                    .await
-                    .map_err(TokenError::Store)?;
+                let fam = self.store.family(sid).await.map_err(TokenError::Store)?;
                 if fam.as_ref().is_some_and(|f| f.revoked_at.is_some()) {
                     return Err(TokenError::Token(TokenProblem::Blacklisted));
                 }
                 // Mark it used: a token rotated before is being replayed
                 // (simplejwt: already blacklisted), which revokes the
                 // family like any other reuse.
-                let outcome = blocking(&self.store, move |s| s.use_refresh(&jti, now))
+                let outcome = self
+                    .store
+                    .use_refresh(&jti, now)
                     .await
                     .map_err(TokenError::Store)?;
                 if outcome == RefreshUse::AlreadyUsed {
@@ -275,18 +265,21 @@ impl TokenService {
             None => {
                 // A simplejwt token: blacklist it by jti.
                 let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(now);
-                let jti_again = jti.clone();
-                let outcome = blocking(&self.store, move |s| {
-                    s.record_refresh(&jti, "", "", now, exp)?;
-                    s.use_refresh(&jti, now)
-                })
-                .await
-                .map_err(TokenError::Store)?;
+                self.store
+                    .record_refresh(&jti, "", "", now, exp)
+                    .await
+                    .map_err(TokenError::Store)?;
+                let outcome = self
+                    .store
+                    .use_refresh(&jti, now)
+                    .await
+                    .map_err(TokenError::Store)?;
                 if outcome != RefreshUse::Fresh {
                     // Used before at the refresh route: revoke the family
                     // that use started, as any other reuse does.
-                    let j = jti_again;
-                    let started = blocking(&self.store, move |s| s.refresh_family(&j))
+                    let started = self
+                        .store
+                        .refresh_family(&jti)
                         .await
                         .map_err(TokenError::Store)?
                         .filter(|s| !s.is_empty());
@@ -313,19 +306,18 @@ impl TokenService {
             .saturating_add(secs(self.cfg.refresh_ttl))
             .min(family.expires_at);
         let (token, jti) = self.mint("refresh", user_id, extra, &family.sid, now, exp)?;
-        let (sid, uid) = (family.sid.clone(), user_id.to_string());
-        blocking(&self.store, move |s| {
-            s.record_refresh(&jti, &sid, &uid, now, exp)
-        })
-        .await
-        .map_err(TokenError::Store)?;
+        self.store
+            .record_refresh(&jti, &family.sid, user_id, now, exp)
+            .await
+            .map_err(TokenError::Store)?;
         Ok(token)
     }
 
     /// Revokes a family in the store and in the edge's mirror.
     async fn revoke(&self, sid: &str, now: i64, reason: &'static str) -> Result<(), TokenError> {
-        let s = sid.to_string();
-        let expires = blocking(&self.store, move |st| st.revoke_family(&s, now, reason))
+        let expires = self
+            .store
+            .revoke_family(sid, now, reason)
             .await
             .map_err(TokenError::Store)?;
         // Access tokens may outlive the family's end by one access_ttl.

@@ -55,7 +55,12 @@ pub fn error_response(err: &TokenError, scheme: &str) -> Response<Body> {
             StatusCode::SERVICE_UNAVAILABLE,
             json!({"detail": "Authentication service unavailable. Try again later."}),
         ),
-        TokenError::Store(_) | TokenError::Sign(_) => (
+        // Never a token without its record: the store answers first.
+        TokenError::Store(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"detail": "Token store unavailable. Try again later."}),
+        ),
+        TokenError::Sign(_) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             json!({"detail": "Internal server error."}),
         ),
@@ -72,7 +77,8 @@ pub fn error_response(err: &TokenError, scheme: &str) -> Response<Body> {
             resp.headers_mut().insert(header::RETRY_AFTER, v);
         }
     }
-    if status.is_server_error() {
+    // Store failures are logged by the store, once per outage.
+    if status.is_server_error() && !matches!(err, TokenError::Store(_)) {
         tracing::error!(error = %error_chain(err), "token route failed");
     }
     resp.extensions_mut().insert(ErrorNote(error_chain(err)));

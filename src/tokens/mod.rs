@@ -26,7 +26,9 @@ use crate::auth::Authenticator;
 use crate::body::{self as response, Body};
 use crate::config::{Config, CredentialsConfig, TokensConfig};
 use crate::proxy::Upstream;
-use crate::store::{RevokedFamilies, Store, StoreError};
+use crate::store::{RevokedFamilies, Store};
+
+pub use crate::clock::unix_now;
 use credentials::{Credentials, CredentialsError, Users};
 use issue::Signer;
 
@@ -58,7 +60,7 @@ pub enum TokenError {
     #[error("credential service unavailable")]
     CredentialsUnavailable(#[source] CredentialsError),
     #[error("store failed")]
-    Store(#[source] StoreError),
+    Store(#[source] crate::store::StoreError),
     #[error("signing failed")]
     Sign(#[source] issue::SignerError),
     #[error("no JWKS: the signing key is symmetric")]
@@ -306,22 +308,4 @@ impl TokenService {
             None => errors::error_response(&TokenError::NoJwks, "Bearer"),
         }
     }
-}
-
-/// Runs a blocking store call on the blocking pool.
-pub(crate) async fn blocking<T: Send + 'static>(
-    store: &Arc<dyn Store>,
-    f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
-    let store = store.clone();
-    tokio::task::spawn_blocking(move || f(store.as_ref()))
-        .await
-        .map_err(|_| StoreError::Join)?
-}
-
-/// Seconds since the epoch.
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }

@@ -1,80 +1,112 @@
-//! Brute-force protection: failed logins counted per username and per
-//! client address in the store. Once a count reaches its limit, further
-//! attempts in the window get 429 with Retry-After, whatever the password
-//! (a correct one does not lift an active lock).
+//! Brute-force protection: login attempts counted per username and per
+//! client address in the store. An attempt is reserved atomically before
+//! the password is checked, so however many guesses are in flight (on one
+//! replica or several sharing Redis), at most `per_user` passwords are
+//! verified per username per window. A failed login keeps its slot; a
+//! successful one gives its slot back and clears the username's count.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 
-use super::{blocking, unix_now, TokenError};
+use super::{unix_now, TokenError};
 use crate::config::RateLimitConfig;
-use crate::store::Store;
+use crate::store::{Attempt, Limit, Store};
 
-const USER: &str = "user";
-const ADDRESS: &str = "address";
+pub const USER: &str = "user";
+pub const ADDRESS: &str = "address";
 
-/// Refuses the attempt if either counter is at its limit.
-pub async fn check(
-    store: &Arc<dyn Store>,
+/// A reserved attempt, to be settled by `succeeded` (or left counted).
+pub struct Reservation {
+    id: String,
+    address: String,
+}
+
+/// Reserves one attempt against both counters, or refuses it with 429.
+pub async fn reserve(
+    store: &dyn Store,
     cfg: &RateLimitConfig,
     username: &str,
     addr: IpAddr,
+) -> Result<Reservation, TokenError> {
+    let address = addr.to_string();
+    let mut limits = Vec::with_capacity(2);
+    if cfg.per_user > 0 {
+        limits.push(Limit {
+            kind: USER,
+            key: username.to_string(),
+            limit: cfg.per_user,
+            window: secs(cfg.per_user_window),
+        });
+    }
+    if cfg.per_address > 0 {
+        limits.push(Limit {
+            kind: ADDRESS,
+            key: address.clone(),
+            limit: cfg.per_address,
+            window: secs(cfg.per_address_window),
+        });
+    }
+    let id = super::issue::new_jti();
+    if !limits.is_empty() {
+        match store
+            .reserve_attempt(&limits, &id, unix_now())
+            .await
+            .map_err(TokenError::Store)?
+        {
+            Attempt::Reserved => {}
+            Attempt::Refused { retry_after } => {
+                return Err(TokenError::RateLimited { retry_after })
+            }
+        }
+    }
+    Ok(Reservation { id, address })
+}
+
+/// A successful login: its attempt was not a failure, and the username's
+/// earlier failures are forgiven.
+pub async fn succeeded(
+    store: &dyn Store,
+    cfg: &RateLimitConfig,
+    username: &str,
+    r: Reservation,
 ) -> Result<(), TokenError> {
-    let now = unix_now();
-    let user_window = secs(cfg.per_user_window);
-    let addr_window = secs(cfg.per_address_window);
-    let (u, a) = (username.to_string(), addr.to_string());
-    let (user, address) = blocking(store, move |s| {
-        Ok((
-            s.failures_since(USER, &u, now - user_window)?,
-            s.failures_since(ADDRESS, &a, now - addr_window)?,
-        ))
-    })
-    .await
-    .map_err(TokenError::Store)?;
-    let mut retry_after = 0;
-    if cfg.per_user > 0 && user.0 >= cfg.per_user {
-        retry_after = retry_after.max(until(user.1, user_window, now));
+    if cfg.per_address > 0 {
+        store
+            .release_attempt(ADDRESS, &r.address, &r.id)
+            .await
+            .map_err(TokenError::Store)?;
     }
-    if cfg.per_address > 0 && address.0 >= cfg.per_address {
-        retry_after = retry_after.max(until(address.1, addr_window, now));
-    }
-    if retry_after > 0 {
-        return Err(TokenError::RateLimited { retry_after });
+    if cfg.per_user > 0 {
+        store
+            .clear_failures(USER, username)
+            .await
+            .map_err(TokenError::Store)?;
     }
     Ok(())
 }
 
-/// Counts a failed login against both the username and the address.
-pub async fn failed(
-    store: &Arc<dyn Store>,
-    username: &str,
-    addr: IpAddr,
-) -> Result<(), TokenError> {
-    let now = unix_now();
-    let (u, a) = (username.to_string(), addr.to_string());
-    blocking(store, move |s| {
-        s.record_failure(USER, &u, now)?;
-        s.record_failure(ADDRESS, &a, now)
-    })
-    .await
-    .map_err(TokenError::Store)
-}
-
-/// A successful login clears the username's failures.
-pub async fn succeeded(store: &Arc<dyn Store>, username: &str) -> Result<(), TokenError> {
-    let u = username.to_string();
-    blocking(store, move |s| s.clear_failures(USER, &u))
-        .await
-        .map_err(TokenError::Store)
-}
-
-fn secs(d: std::time::Duration) -> i64 {
+pub fn secs(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
 }
 
-/// Whole seconds until the oldest failure in the window leaves it (>= 1).
-fn until(oldest: Option<i64>, window: i64, now: i64) -> u64 {
-    let left = oldest.map_or(window, |t| t + window - now);
-    u64::try_from(left.max(1)).unwrap_or(1)
+/// The password could not be checked at all (credential service down):
+/// the attempt does not count.
+pub async fn release(
+    store: &dyn Store,
+    cfg: &RateLimitConfig,
+    username: &str,
+    r: Reservation,
+) -> Result<(), TokenError> {
+    if cfg.per_user > 0 {
+        store
+            .release_attempt(USER, username, &r.id)
+            .await
+            .map_err(TokenError::Store)?;
+    }
+    if cfg.per_address > 0 {
+        store
+            .release_attempt(ADDRESS, &r.address, &r.id)
+            .await
+            .map_err(TokenError::Store)?;
+    }
+    Ok(())
 }

@@ -44,7 +44,7 @@ impl Gateway {
         std::fs::write(&config_path, text).unwrap();
         let config = gateway::config::load(&config_path).unwrap_or_else(|e| panic!("{e}"));
         let listeners = Listeners::bind(&config).await.unwrap();
-        let handle = server::start(config, listeners).unwrap();
+        let handle = server::start(config, listeners).await.unwrap();
         Gateway {
             addr: handle.main_addr,
             http_addr: handle.http_addr,
