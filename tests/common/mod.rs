@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, dead_code)]
 
 pub mod raw;
+pub mod redis;
 pub mod venv;
 
 use bytes::Bytes;
