@@ -454,19 +454,29 @@ async fn operator_commands_on_redis() {
 }
 
 #[tokio::test]
-async fn a_redis_password_from_the_environment() {
+async fn a_redis_password_in_the_url_or_from_a_secret_source() {
     let redis = Redis::start();
     assert_eq!(
         redis.cli(&["CONFIG", "SET", "requirepass", "s3cret-pw"]),
         Some("OK".to_string())
     );
     let up = Upstream::start().await;
-    std::env::set_var("REPLICAS_TEST_REDIS_PW", "s3cret-pw");
-    let store = format!(
-        "url = \"{}\"\npassword = \"env:REPLICAS_TEST_REDIS_PW\"\nkey_prefix = \"site-a:\"",
+    // `file:` is resolved like `env:` (the in-process test cannot set the
+    // environment safely).
+    let with_file = format!(
+        "url = \"{}\"\npassword = \"file:{{dir}}/redis.pw\"\nkey_prefix = \"site-a:\"",
         redis.url()
     );
-    let gw = Replica::start(&config(&up.url(), &store, "")).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("users.toml"), users()).unwrap();
+    std::fs::write(dir.path().join("redis.pw"), "s3cret-pw\n").unwrap();
+    let gw = Replica {
+        gw: Gateway::start_in(dir, &config(&up.url(), &with_file, "")).await,
+    };
+    let (refresh, _) = gw.pair().await;
+    gw.rotate(&refresh).await;
+    let in_url = format!("url = \"redis://:s3cret-pw@127.0.0.1:{}/1\"", redis.port);
+    let gw = Replica::start(&config(&up.url(), &in_url, "")).await;
     let (refresh, _) = gw.pair().await;
     gw.rotate(&refresh).await;
 }
