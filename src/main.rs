@@ -243,6 +243,7 @@ fn summary(c: &Config) -> String {
         ] {
             let _ = writeln!(out, "  {path:<24} {what}");
         }
+        let _ = writeln!(out, "  store: {:?}", c.store.backend);
     }
     let _ = writeln!(out, "routes (match order):");
     for r in &c.routes {
