@@ -91,8 +91,8 @@ pub enum StoreError {
     Timeout(std::time::Duration),
     #[error("redis unreachable; revocation mirror not yet resynced")]
     NotSynced,
-    #[error("store answered something unexpected: {0}")]
-    Unexpected(String),
+    #[error("lost the connection to Redis (revocation channel)")]
+    ChannelLost,
 }
 
 /// A store call's future; times are seconds since the epoch.

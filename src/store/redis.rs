@@ -308,19 +308,32 @@ impl RedisStore {
             );
         }
         let mut messages = pubsub.into_on_message();
-        while let Some(msg) = messages.next().await {
-            let Ok(text) = msg.get_payload::<String>() else {
-                continue;
-            };
-            if let Some((sid, until)) = text.split_once(' ') {
-                if let Ok(until) = until.parse::<i64>() {
-                    mirror.insert(sid, until);
+        let mut check = tokio::time::interval(RESUBSCRIBE);
+        loop {
+            tokio::select! {
+                msg = messages.next() => {
+                    let Some(msg) = msg else {
+                        return Err(StoreError::ChannelLost);
+                    };
+                    let Ok(text) = msg.get_payload::<String>() else {
+                        continue;
+                    };
+                    if let Some((sid, until)) = text.split_once(' ') {
+                        if let Ok(until) = until.parse::<i64>() {
+                            mirror.insert(sid, until);
+                        }
+                    }
+                }
+                // A silent network failure does not close the channel, but
+                // commands time out: resubscribe and reload to be sure no
+                // revocation was missed meanwhile.
+                _ = check.tick() => {
+                    if self.outage.is_down() {
+                        return Err(StoreError::ChannelLost);
+                    }
                 }
             }
         }
-        Err(StoreError::Unexpected(
-            "revocation channel closed".to_string(),
-        ))
     }
 }
 
