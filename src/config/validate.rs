@@ -1286,6 +1286,50 @@ mod tests {
     }
 
     #[test]
+    fn store_is_sqlite_or_redis_never_both() {
+        let c = load("[store]\nurl = \"redis://:pw@127.0.0.1:6379/2\"\n").unwrap();
+        match &c.store.backend {
+            StoreBackend::Redis {
+                key_prefix,
+                timeout,
+                ..
+            } => {
+                assert_eq!(key_prefix, "gateway:");
+                assert_eq!(*timeout, Duration::from_secs(2));
+            }
+            other => panic!("{other:?}"),
+        }
+        // The password is never shown.
+        assert_eq!(
+            format!("{:?}", c.store.backend),
+            "redis redis://***@127.0.0.1:6379/2"
+        );
+        let e = load("[store]\nurl = \"redis://h/0\"\npath = \"g.db\"\n").unwrap_err();
+        assert_eq!(
+            e,
+            vec!["gw.toml:3: store.path: set either path (SQLite) or url (Redis), not both"]
+        );
+        let e = load("[store]\n\nurl = \"http://h:6379\"\n").unwrap_err();
+        assert!(
+            e[0].starts_with("gw.toml:3: store.url: must start with redis://"),
+            "{e:?}"
+        );
+        let e = load("[store]\npassword = \"x\"\n").unwrap_err();
+        assert_eq!(
+            e,
+            vec!["gw.toml:2: store.password: only with store.url (Redis)"]
+        );
+        let e = load("[store]\nurl = \"redis://h/0\"\npassword = \"env:GATEWAY_TEST_UNSET_PW\"\n")
+            .unwrap_err();
+        assert!(
+            e[0].starts_with(
+                "gw.toml:3: store.password: environment variable GATEWAY_TEST_UNSET_PW"
+            ),
+            "{e:?}"
+        );
+    }
+
+    #[test]
     fn every_problem_is_reported() {
         let text =
             "[server]\nlisten = \"nope\"\ntrusted_proxies = [\"x\"]\n[log]\nformat = \"xml\"\n";
