@@ -106,11 +106,24 @@ fn existing_users(path: &Path) -> anyhow::Result<Vec<toml::Table>> {
     })
 }
 
-fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
-    let tmp = path.with_extension("toml.tmp");
+/// Writes a file that holds secrets (password hashes, private keys): owner
+/// read/write only (0600) from its first byte, replaced atomically, and
+/// an existing file with looser permissions ends up 0600 too.
+fn write_secret(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    // A leftover from an interrupted run may have other permissions.
+    let _ = std::fs::remove_file(&tmp);
     {
-        let mut f = std::fs::File::create(&tmp)
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
             .with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
         f.write_all(text.as_bytes())?;
         f.sync_all()?;
     }
@@ -162,7 +175,7 @@ pub fn user_add(
         !inactive,
         &claims,
     )?);
-    write_atomically(users_file, &render(users)?)?;
+    write_secret(users_file, &render(users)?)?;
     eprintln!(
         "added user {name:?} (user_id {user_id}) to {}",
         users_file.display()
@@ -239,7 +252,7 @@ pub fn import_django(
     }
     let rendered = render(users)?;
     gateway::tokens::credentials::Users::parse(&users_file.display().to_string(), &rendered)?;
-    write_atomically(users_file, &rendered)?;
+    write_secret(users_file, &rendered)?;
     eprintln!("{}: {added} added, {updated} updated", users_file.display());
     Ok(())
 }
@@ -278,7 +291,7 @@ pub fn keygen(alg: &str, out: &Path, kid: Option<String>) -> anyhow::Result<()> 
     jwk.insert("use".into(), Value::String("sig".into()));
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let private_path = out.join("private.pem");
-    write_private(&private_path, &private_pem)?;
+    write_secret(&private_path, &private_pem)?;
     std::fs::write(out.join("public.pem"), public_pem)?;
     std::fs::write(
         out.join("jwks.json"),
@@ -326,20 +339,6 @@ fn ed25519_pems() -> anyhow::Result<(String, String)> {
         )
     };
     Ok((pem("PRIVATE KEY", &pkcs8), pem("PUBLIC KEY", &spki)))
-}
-
-/// The private key is readable by its owner only.
-fn write_private(path: &Path, pem: &str) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    f.write_all(pem.as_bytes())?;
-    Ok(())
 }
 
 pub fn token(

@@ -80,7 +80,8 @@ pub struct Users {
     by_name: HashMap<String, Arc<UserEntry>>,
     by_id: HashMap<String, Arc<UserEntry>>,
     /// Verified against for unknown users, so they cost the same time as a
-    /// wrong password (no user enumeration by timing).
+    /// wrong password (no user enumeration by timing): a hash of the users
+    /// file's most common scheme and cost.
     dummy_hash: String,
 }
 
@@ -122,11 +123,19 @@ impl Users {
                 });
             }
         }
-        let dummy_hash =
-            password::hash("gateway-dummy-password").map_err(|e| CredentialsError::Parse {
-                path: name.to_string(),
-                message: e.to_string(),
-            })?;
+        let dummy_hash = match most_common_shape(by_name.values()) {
+            // SECURITY: an unknown name is verified against a stored hash
+            // of the commonest shape, so it costs what a wrong password for
+            // most users costs (users imported from Django keep pbkdf2 at
+            // Django's cost, far above argon2's). The result is discarded.
+            Some(stored) => stored,
+            None => {
+                password::hash("gateway-dummy-password").map_err(|e| CredentialsError::Parse {
+                    path: name.to_string(),
+                    message: e.to_string(),
+                })?
+            }
+        };
         Ok(Users {
             by_name,
             by_id,
@@ -160,6 +169,26 @@ impl Users {
     pub fn is_empty(&self) -> bool {
         self.by_name.is_empty()
     }
+}
+
+/// A stored hash of the most common cost shape (ties: the lexically
+/// smallest shape).
+fn most_common_shape<'a>(users: impl Iterator<Item = &'a Arc<UserEntry>>) -> Option<String> {
+    let mut shapes: std::collections::BTreeMap<String, (usize, &str)> =
+        std::collections::BTreeMap::new();
+    for u in users {
+        let e = shapes
+            .entry(password::cost_shape(&u.password))
+            .or_insert((0, &u.password));
+        e.0 += 1;
+    }
+    let mut best: Option<(usize, &str)> = None;
+    for (count, stored) in shapes.into_values() {
+        if best.is_none_or(|(n, _)| count > n) {
+            best = Some((count, stored));
+        }
+    }
+    best.map(|(_, stored)| stored.to_string())
 }
 
 fn info(u: &UserEntry) -> UserInfo {
@@ -331,6 +360,23 @@ mod tests {
         assert!(users.authenticate("bob", "pw").is_none(), "inactive");
         assert!(users.authenticate("carol", "pw").is_none());
         assert!(matches!(users.by_id("b-2"), Some((false, _))));
+    }
+
+    #[test]
+    fn unknown_users_cost_what_the_commonest_scheme_costs() {
+        let argon = password::hash("pw").unwrap();
+        let text = format!(
+            "[[user]]\nusername = \"a\"\npassword = \"{argon}\"\nuser_id = 1\n\
+             [[user]]\nusername = \"b\"\npassword = \"pbkdf2_sha256$870000$s1$aGFzaA==\"\nuser_id = 2\n\
+             [[user]]\nusername = \"c\"\npassword = \"pbkdf2_sha256$870000$s2$aGFzaA==\"\nuser_id = 3\n"
+        );
+        let users = Users::parse("u.toml", &text).unwrap();
+        assert_eq!(
+            password::cost_shape(&users.dummy_hash),
+            "pbkdf2_sha256$870000"
+        );
+        let none = Users::parse("u.toml", "").unwrap();
+        assert!(none.dummy_hash.starts_with("$argon2id$"));
     }
 
     #[test]

@@ -55,6 +55,28 @@ pub fn check_format(stored: &str) -> Result<(), PasswordError> {
     Err(PasswordError::UnknownFormat)
 }
 
+/// What verifying against `stored` costs: the scheme and its cost
+/// parameters (hashes of one shape take the same time to verify).
+pub fn cost_shape(stored: &str) -> String {
+    if let Some(django) = stored.strip_prefix("pbkdf2_sha256$") {
+        return format!("pbkdf2_sha256${}", django.split('$').next().unwrap_or(""));
+    }
+    let phc = stored
+        .strip_prefix("argon2")
+        .filter(|r| r.starts_with("$argon2"))
+        .unwrap_or(stored);
+    if phc.starts_with("$argon2") {
+        // `$id$v=19$m=..,t=..,p=..$salt$hash`: everything but the salt,
+        // plus the output length, which argon2 also pays for.
+        let parts: Vec<&str> = phc.split('$').collect();
+        let n = parts.len();
+        let out = parts.last().map_or(0, |h| h.len());
+        return format!("{}#{out}", parts[..n.saturating_sub(2)].join("$"));
+    }
+    // bcrypt: `$2b$12$...`.
+    stored.get(..7).unwrap_or(stored).to_string()
+}
+
 /// Whether `password` matches `stored`. Comparisons are constant-time.
 pub fn verify(password: &str, stored: &str) -> bool {
     if let Some(django) = stored.strip_prefix("pbkdf2_sha256$") {
@@ -132,6 +154,24 @@ mod tests {
         assert!(verify("correct horse", &stored));
         assert!(!verify("correct horse!", &stored));
         assert!(check_format(&stored).is_ok());
+    }
+
+    #[test]
+    fn cost_shapes_ignore_salt_and_hash() {
+        let a = hash("one").unwrap();
+        let b = hash("two").unwrap();
+        assert_eq!(cost_shape(&a), cost_shape(&b));
+        assert_eq!(cost_shape(&format!("argon2{a}")), cost_shape(&a));
+        assert_eq!(
+            cost_shape("pbkdf2_sha256$870000$salt1$aGFzaA=="),
+            cost_shape("pbkdf2_sha256$870000$othersalt$b3RoZXI=")
+        );
+        assert_ne!(
+            cost_shape("pbkdf2_sha256$870000$s$aA=="),
+            cost_shape("pbkdf2_sha256$600000$s$aA==")
+        );
+        let b4 = bcrypt::hash("pw", 4).unwrap();
+        assert_eq!(cost_shape(&b4), "$2b$04$");
     }
 
     #[test]
