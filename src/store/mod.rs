@@ -91,6 +91,8 @@ pub enum StoreError {
     Timeout(std::time::Duration),
     #[error("redis unreachable; revocation mirror not yet resynced")]
     NotSynced,
+    #[error("Redis unreachable (the last connect failed; retrying shortly)")]
+    Unreachable,
     #[error("lost the connection to Redis (revocation channel)")]
     ChannelLost,
 }

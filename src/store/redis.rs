@@ -11,7 +11,7 @@
 
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, FromRedisValue, IntoConnectionInfo, Script};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -19,6 +19,10 @@ use super::{
     Attempt, FailureCount, Family, Limit, Outage, RefreshUse, RevokedFamilies, Store, StoreError,
     StoreFuture,
 };
+
+/// How long requests fail at once after a failed connect, before the next
+/// one tries again.
+const RECONNECT_MS: u64 = 500;
 
 /// How long to wait before subscribing again after the channel was lost.
 const RESUBSCRIBE: Duration = Duration::from_secs(1);
@@ -123,6 +127,9 @@ pub struct RedisStore {
     /// reloaded whole: until then token routes answer 503, as the replica
     /// may have missed revocations.
     synced: AtomicBool,
+    /// No new connection attempt before this (clock::now_ms): while Redis
+    /// is down, requests fail at once instead of queueing on connects.
+    retry_at: AtomicU64,
     outage: Outage,
     name: String,
 }
@@ -148,6 +155,7 @@ impl RedisStore {
             prefix: s.key_prefix.clone(),
             timeout: s.timeout,
             synced: AtomicBool::new(true),
+            retry_at: AtomicU64::new(0),
             outage: Outage::default(),
             name,
         };
@@ -174,6 +182,9 @@ impl RedisStore {
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
+        if crate::clock::now_ms() < self.retry_at.load(Ordering::Acquire) {
+            return Err(StoreError::Unreachable);
+        }
         let cfg = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.timeout))
             .set_response_timeout(Some(self.timeout));
@@ -183,10 +194,19 @@ impl RedisStore {
                 .get_multiplexed_async_connection_with_config(&cfg),
         )
         .await
-        .map_err(|_| StoreError::Timeout(self.timeout))?
-        .map_err(StoreError::Redis)?;
-        *slot = Some(c.clone());
-        Ok(c)
+        .map_err(|_| StoreError::Timeout(self.timeout))
+        .and_then(|r| r.map_err(StoreError::Redis));
+        match c {
+            Ok(c) => {
+                *slot = Some(c.clone());
+                Ok(c)
+            }
+            Err(e) => {
+                self.retry_at
+                    .store(crate::clock::now_ms() + RECONNECT_MS, Ordering::Release);
+                Err(e)
+            }
+        }
     }
 
     /// One command or script, with the deadline; a broken connection is
