@@ -40,6 +40,7 @@
 //!   codec: header names, heads, framing facts, the chunked scanner),
 //!   [`clock`], [`path`], [`body`].
 
+pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod clock;
@@ -47,6 +48,7 @@ pub mod config;
 pub mod h1;
 pub mod handler;
 pub mod healthcheck;
+pub mod metrics;
 pub mod path;
 pub mod proxy;
 pub mod response;

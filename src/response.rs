@@ -59,7 +59,9 @@ impl GatewayError {
                 ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
                 ProxyError::ClientBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
                 ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
-                ProxyError::BufferBudget => StatusCode::SERVICE_UNAVAILABLE,
+                ProxyError::BufferBudget | ProxyError::NoHealthyServer => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
                 ProxyError::Request(e) => request_status(e),
             },
             GatewayError::Auth { err, .. } => match err {
@@ -94,6 +96,7 @@ impl GatewayError {
                 ProxyError::BodyTooLarge => "Request body too large.",
                 ProxyError::ClientBodyTimeout { .. } => "Request body timed out.",
                 ProxyError::BadRequest(_) => "Bad request.",
+                ProxyError::NoHealthyServer => "Service unavailable: no healthy upstream server.",
                 ProxyError::BufferBudget => {
                     "Service unavailable: too many request bodies are being received."
                 }

@@ -30,6 +30,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -51,6 +52,8 @@ pub struct Listeners {
     pub main: TcpListener,
     /// The optional plain-HTTP listener (`http_listen`).
     pub http: Option<TcpListener>,
+    /// The admin listener (`[admin] listen`): metrics and readiness.
+    pub admin: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -61,7 +64,11 @@ impl Listeners {
             Some(a) => Some(bind(a).await?),
             None => None,
         };
-        Ok(Listeners { main, http })
+        let admin = match &config.admin {
+            Some(a) => Some(bind(a.listen).await?),
+            None => None,
+        };
+        Ok(Listeners { main, http, admin })
     }
 }
 
@@ -108,7 +115,11 @@ pub struct ServerHandle {
     done: mpsc::Receiver<()>,
     pub main_addr: SocketAddr,
     pub http_addr: Option<SocketAddr>,
+    pub admin_addr: Option<SocketAddr>,
     shutdown_grace: Duration,
+    drain_delay: Duration,
+    /// Set on SIGTERM: /readyz answers 503 from then on.
+    draining: Arc<AtomicBool>,
 }
 
 /// Starts serving `listeners` with `config`. Must run inside a Tokio runtime.
@@ -137,6 +148,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<ServerHandle,
     let redirect_port = redirect_port.map(|p| if p == 0 { main_addr.port() } else { p });
     let limit = Arc::new(Semaphore::new(s.max_connections));
     let shutdown_grace = s.shutdown_grace;
+    let drain_delay = s.drain_delay;
     let max_header_bytes = s.max_header_bytes.max(8192);
     let config_path = config.path.clone();
     let main_is_tls = tls.is_some();
@@ -159,6 +171,15 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<ServerHandle,
         max_header_bytes,
     });
 
+    let draining = Arc::new(AtomicBool::new(false));
+    let admin_addr = match listeners.admin {
+        Some(l) => {
+            let addr = l.local_addr()?;
+            tokio::spawn(crate::admin::serve(l, readiness(&shared, &draining)));
+            Some(addr)
+        }
+        None => None,
+    };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (done_tx, done_rx) = mpsc::channel::<()>(1);
     tokio::spawn(accept_loop(
@@ -167,6 +188,7 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<ServerHandle,
         Mode {
             tls: main_is_tls,
             redirect_https_port: None,
+            listener: "main",
         },
         limit.clone(),
         shutdown_rx.clone(),
@@ -179,13 +201,25 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<ServerHandle,
             Mode {
                 tls: false,
                 redirect_https_port: redirect_port,
+                listener: "http",
             },
             limit,
             shutdown_rx,
             done_tx,
         ));
     }
-    tracing::info!(listen = %main_addr, tls = main_is_tls, http_listen = ?http_addr, "gateway listening");
+    match (http_addr, admin_addr) {
+        (Some(h), Some(a)) => {
+            tracing::info!(listen = %main_addr, tls = main_is_tls, http_listen = %h, admin_listen = %a, "gateway listening")
+        }
+        (Some(h), None) => {
+            tracing::info!(listen = %main_addr, tls = main_is_tls, http_listen = %h, "gateway listening")
+        }
+        (None, Some(a)) => {
+            tracing::info!(listen = %main_addr, tls = main_is_tls, admin_listen = %a, "gateway listening")
+        }
+        (None, None) => tracing::info!(listen = %main_addr, tls = main_is_tls, "gateway listening"),
+    }
     Ok(ServerHandle {
         shared,
         config_path,
@@ -193,7 +227,34 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<ServerHandle,
         done: done_rx,
         main_addr,
         http_addr,
+        admin_addr,
         shutdown_grace,
+        drain_delay,
+        draining,
+    })
+}
+
+/// What /readyz checks: not draining, the store answers, and every
+/// upstream requests need has a healthy server.
+fn readiness(shared: &Arc<Shared>, draining: &Arc<AtomicBool>) -> crate::admin::Readiness {
+    let (shared, draining) = (shared.clone(), draining.clone());
+    Arc::new(move || {
+        let (shared, draining) = (shared.clone(), draining.clone());
+        Box::pin(async move {
+            let mut reasons = Vec::new();
+            if draining.load(Ordering::Acquire) {
+                reasons.push("draining: shutting down".to_string());
+            }
+            if let Some(store) = &shared.deps.store {
+                match tokio::time::timeout(Duration::from_secs(2), store.ping()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => reasons.push(format!("store: {}", crate::body::error_chain(&e))),
+                    Err(_) => reasons.push("store: no answer within 2s".to_string()),
+                }
+            }
+            reasons.extend(shared.app.load().unready_upstreams());
+            reasons
+        })
     })
 }
 
@@ -225,6 +286,12 @@ impl ServerHandle {
         self.shared.app.store(Arc::new(app));
         tracing::info!("configuration reloaded");
         Ok(())
+    }
+
+    /// Starts draining: /readyz answers 503 from now on, while listeners
+    /// keep accepting.
+    pub fn begin_drain(&self) {
+        self.draining.store(true, Ordering::Release);
     }
 
     /// Stops accepting and asks every connection to finish what it has in
@@ -260,7 +327,17 @@ pub async fn run_until_signalled(handle: ServerHandle) -> io::Result<bool> {
             }
         }
     }
-    tracing::info!(grace = ?handle.shutdown_grace, "shutting down: finishing requests in flight");
+    handle.begin_drain();
+    if !handle.drain_delay.is_zero() {
+        tracing::info!(drain_delay = %humantime::format_duration(handle.drain_delay), "draining: /readyz answers 503, still accepting");
+        // A second signal cuts the delay short.
+        tokio::select! {
+            _ = tokio::time::sleep(handle.drain_delay) => {}
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    }
+    tracing::info!(grace = %humantime::format_duration(handle.shutdown_grace), "shutting down: finishing requests in flight");
     let clean = handle.drain().await;
     if clean {
         tracing::info!("all connections closed");
@@ -309,6 +386,8 @@ fn started(app: AppState) -> AppState {
 struct Mode {
     tls: bool,
     redirect_https_port: Option<u16>,
+    /// The listener's name in metrics: "main" or "http".
+    listener: &'static str,
 }
 
 async fn accept_loop(
@@ -362,6 +441,7 @@ async fn serve_connection(
         shared.idle_timeout,
     ));
     let conn_info = Arc::new(ConnInfo::new(peer, mode.tls, mode.redirect_https_port));
+    let mut open = crate::metrics::Connection::open(mode.listener, "http/1.1");
     if mode.tls {
         let acceptor = shared.tls.load_full();
         let Some(acceptor) = acceptor.as_ref().clone() else {
@@ -376,16 +456,19 @@ async fn serve_connection(
         {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
+                crate::metrics::tls_handshake_failed();
                 tracing::debug!(%peer, error = %e, "TLS handshake failed");
                 return;
             }
             Err(_) => {
+                crate::metrics::tls_handshake_failed();
                 tracing::debug!(%peer, "TLS handshake timed out");
                 return;
             }
         };
         // HTTP/2 goes to hyper; HTTP/1.1 starts on the fast path.
         if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+            open.set_protocol("h2");
             let io = Tracked::new(tls, activity.clone(), Vec::new());
             let watchdog =
                 Watchdog::start(&activity, shared.header_read_timeout, shared.idle_timeout);

@@ -82,6 +82,12 @@ impl RemoteIssuer {
 
     /// The fetch itself; the caller holds `fetching`.
     async fn fetch_and_store(&self) -> Result<usize, FetchError> {
+        let r = self.fetch_and_store_once().await;
+        crate::metrics::jwks_fetch(&self.config.issuer, r.is_ok());
+        r
+    }
+
+    async fn fetch_and_store_once(&self) -> Result<usize, FetchError> {
         let text = fetch(&self.config.jwks_url, &self.tls).await?;
         let keys = parse_jwks(&text, &self.config.algorithms)
             .map_err(|e| FetchError::Jwks(self.config.jwks_url.to_string(), e))?;

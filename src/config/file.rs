@@ -27,6 +27,7 @@ pub struct RawConfig {
     pub identity: Option<RawIdentity>,
     pub tokens: Option<RawTokens>,
     pub store: Option<RawStore>,
+    pub admin: Option<RawAdmin>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -43,6 +44,7 @@ pub struct RawServer {
     pub request_buffer_budget: Option<ByteSize>,
     pub max_connections: Option<usize>,
     pub shutdown_grace: Option<HumanDuration>,
+    pub drain_delay: Option<HumanDuration>,
     pub workers: Option<usize>,
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
 }
@@ -79,6 +81,26 @@ pub struct RawUpstream {
     pub pool_idle_timeout: Option<HumanDuration>,
     pub pool_max_idle: Option<usize>,
     pub request_buffering: Option<ByteSize>,
+    pub balance: Option<Spanned<String>>,
+    pub max_fails: Option<u32>,
+    pub fail_timeout: Option<HumanDuration>,
+    pub health_check: Option<RawHealthCheck>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    pub path: Option<Spanned<String>>,
+    pub interval: Option<HumanDuration>,
+    pub timeout: Option<HumanDuration>,
+    pub healthy: Option<u32>,
+    pub unhealthy: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

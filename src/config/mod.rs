@@ -34,6 +34,13 @@ pub struct Config {
     /// Token issuing; None: the gateway issues no tokens.
     pub tokens: Option<TokensConfig>,
     pub store: StoreConfig,
+    /// The admin listener (/metrics, /readyz); None: none.
+    pub admin: Option<AdminConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
 }
 
 #[derive(Debug, Clone)]
@@ -134,6 +141,9 @@ pub struct ServerConfig {
     pub request_buffer_budget: u64,
     pub max_connections: usize,
     pub shutdown_grace: Duration,
+    /// After SIGTERM, /readyz answers 503 and listeners keep accepting for
+    /// this long before they stop.
+    pub drain_delay: Duration,
     /// Runtime worker threads; 0 means one per CPU.
     pub workers: usize,
     /// Peers whose X-Forwarded-* headers are believed and appended to.
@@ -180,6 +190,30 @@ pub struct UpstreamConfig {
     /// Bodies up to this size are received whole before the upstream is
     /// contacted (0: every body streams).
     pub request_buffering: u64,
+    pub balance: Balance,
+    /// Failures within `fail_timeout` that take a server out for
+    /// `fail_timeout` (0: never taken out by failures).
+    pub max_fails: u32,
+    pub fail_timeout: Duration,
+    /// Active health checks; None: off.
+    pub health_check: Option<HealthCheckConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    LeastConn,
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthCheckConfig {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive successes that bring a server back.
+    pub healthy: u32,
+    /// Consecutive failures that take it out.
+    pub unhealthy: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,7 +6,8 @@
 //! a tenth of the file is tests.
 
 use super::file::{
-    RawConfig, RawIdentity, RawJwt, RawKey, RawRoute, RawStore, RawTls, RawTokens, RawUpstream,
+    RawAdmin, RawConfig, RawIdentity, RawJwt, RawKey, RawRoute, RawStore, RawTls, RawTokens,
+    RawUpstream,
 };
 use super::values::SecretSource;
 use super::*;
@@ -126,6 +127,7 @@ fn validate(r: &mut Report, path: &Path, raw: RawConfig) -> Config {
         request_buffer_budget: s.request_buffer_budget.map_or(64 * 1024 * 1024, |b| b.0),
         max_connections: s.max_connections.unwrap_or(10_000).max(1),
         shutdown_grace: s.shutdown_grace.map_or(Duration::from_secs(30), |d| d.0),
+        drain_delay: s.drain_delay.map_or(Duration::ZERO, |d| d.0),
         workers: s.workers.unwrap_or(0),
         trusted_proxies,
     };
@@ -159,6 +161,7 @@ fn validate(r: &mut Report, path: &Path, raw: RawConfig) -> Config {
         .tokens
         .map(|t| validate_tokens(r, &base, t, jwt.as_ref(), &upstreams));
     let store = validate_store(r, &base, raw.store);
+    let admin = validate_admin(r, raw.admin, &server);
 
     let mut routes = Vec::new();
     for (i, route) in raw.routes.into_iter().enumerate() {
@@ -207,6 +210,7 @@ fn validate(r: &mut Report, path: &Path, raw: RawConfig) -> Config {
         identity,
         tokens,
         store,
+        admin,
     }
 }
 
@@ -689,7 +693,80 @@ fn validate_upstream(
         pool_idle_timeout: u.pool_idle_timeout.map_or(Duration::from_secs(90), |d| d.0),
         pool_max_idle: u.pool_max_idle.unwrap_or(256),
         request_buffering: u.request_buffering.map_or(1024 * 1024, |b| b.0),
+        balance: match &u.balance {
+            None => Balance::RoundRobin,
+            Some(b) => match b.get_ref().as_str() {
+                "round_robin" => Balance::RoundRobin,
+                "least_conn" => Balance::LeastConn,
+                other => {
+                    r.spanned(
+                        b,
+                        &format!("{key}.balance"),
+                        format!("unknown balance {other:?} (expected \"round_robin\" or \"least_conn\")"),
+                    );
+                    Balance::RoundRobin
+                }
+            },
+        },
+        max_fails: u.max_fails.unwrap_or(1),
+        fail_timeout: u.fail_timeout.map_or(Duration::from_secs(10), |d| d.0),
+        health_check: u.health_check.map(|h| {
+            let path = match h.path {
+                Some(p) if p.get_ref().starts_with('/') => p.into_inner(),
+                Some(p) => {
+                    r.spanned(&p, &format!("{key}.health_check.path"), "must start with /");
+                    "/".to_string()
+                }
+                None => "/healthz".to_string(),
+            };
+            HealthCheckConfig {
+                path,
+                interval: h
+                    .interval
+                    .map_or(Duration::from_secs(5), |d| d.0)
+                    .max(Duration::from_millis(100)),
+                timeout: h.timeout.map_or(Duration::from_secs(2), |d| d.0),
+                healthy: h.healthy.unwrap_or(2).max(1),
+                unhealthy: h.unhealthy.unwrap_or(2).max(1),
+            }
+        }),
     })
+}
+
+fn validate_admin(
+    r: &mut Report,
+    raw: Option<RawAdmin>,
+    server: &ServerConfig,
+) -> Option<AdminConfig> {
+    let listen = raw?.listen?;
+    let addr = match listen.get_ref().parse::<SocketAddr>() {
+        Ok(a) => a,
+        Err(_) => {
+            r.spanned(
+                &listen,
+                "admin.listen",
+                "invalid address (expected e.g. \"127.0.0.1:9901\")",
+            );
+            return None;
+        }
+    };
+    // SECURITY: metrics and readiness are for the operator, not the public.
+    let clash = |other: SocketAddr| {
+        addr.port() != 0
+            && addr.port() == other.port()
+            && (addr.ip() == other.ip()
+                || addr.ip().is_unspecified()
+                || other.ip().is_unspecified())
+    };
+    if clash(server.listen) || server.http_listen.is_some_and(clash) {
+        r.spanned(
+            &listen,
+            "admin.listen",
+            "must not be a public listen address (server.listen, server.http_listen)",
+        );
+        return None;
+    }
+    Some(AdminConfig { listen: addr })
 }
 
 fn validate_route(

@@ -33,10 +33,6 @@ pub(super) async fn proxy<IO: ClientIo>(
     let timeout = up.config.timeout;
     let is_head = *method == http::Method::HEAD;
     let max = state.config.server.max_body_bytes;
-    let Some(server) = up.servers().get(server_index) else {
-        let err = ProxyError::BadRequest("upstream has no servers");
-        return failed(io, err, reply, is_head, framing != Framing::None, None).await;
-    };
     // The part of a Content-Length body read with the head.
     let (mut held, rest) = match framing {
         Framing::Length(n) => {
@@ -83,7 +79,7 @@ pub(super) async fn proxy<IO: ClientIo>(
     let name = &up.config.name;
     let got = if whole {
         let body = ReqBody::<NoSource>::Whole(&held);
-        exchange::exchange(server, name, timeout, method, &head, body, false, timer).await
+        exchange::exchange(up, server_index, method, &head, body, false, timer).await
     } else {
         let body = ReqBody::Stream {
             sent: &held,
@@ -91,7 +87,7 @@ pub(super) async fn proxy<IO: ClientIo>(
             chunked: length.is_none(),
             limit: max,
         };
-        exchange::exchange(server, name, timeout, method, &head, body, false, timer).await
+        exchange::exchange(up, server_index, method, &head, body, false, timer).await
     };
     spare::give(head);
     // SECURITY: the buffered body goes with its charge, before the answer
@@ -115,7 +111,14 @@ pub(super) async fn proxy<IO: ClientIo>(
             .await
         }
     };
-    match respond::relay(io, got, is_head, &reply, &server.pool).await {
+    let pool = match up.servers().get(got.server) {
+        Some(s) => s.pool.clone(),
+        None => {
+            let err = ProxyError::NoHealthyServer;
+            return failed(io, err, reply, is_head, false, upstream_time).await;
+        }
+    };
+    match respond::relay(io, got, is_head, &reply, &pool).await {
         Ok(done) => Served {
             status: done.status,
             bytes: done.bytes,

@@ -225,10 +225,7 @@ impl AppState {
                 strip_prefix,
             } => {
                 let Some(server_index) = upstream.pick_index() else {
-                    return refuse(
-                        decision,
-                        GatewayError::Proxy(ProxyError::BadRequest("upstream has no servers")),
-                    );
+                    return refuse(decision, GatewayError::Proxy(ProxyError::NoHealthyServer));
                 };
                 let picked = &upstream.servers()[server_index];
                 let up_path = match crate::proxy::upstream_path(
@@ -288,9 +285,12 @@ impl AppState {
             self.settle(&mut decision, Ok(None));
             return Step::Ready(decision);
         };
-        let fail = |err: AuthError| GatewayError::Auth {
-            err,
-            scheme: auth.scheme().to_string(),
+        let fail = |err: AuthError| {
+            crate::metrics::auth(auth_outcome(&err));
+            GatewayError::Auth {
+                err,
+                scheme: auth.scheme().to_string(),
+            }
         };
         let value = match (f.authorization, f.authorizations) {
             (None, _) if mode == AuthMode::Optional => {
@@ -352,6 +352,7 @@ impl AppState {
     fn settle(&self, decision: &mut Decision, outcome: Result<Option<Identity>, AuthError>) {
         match outcome {
             Err(err) => {
+                crate::metrics::auth(auth_outcome(&err));
                 let scheme = self.auth.as_ref().map_or("Bearer", |a| a.scheme());
                 if let Action::Proxy(plan) = &mut decision.action {
                     crate::wire::spare::give(std::mem::take(&mut plan.head));
@@ -363,6 +364,7 @@ impl AppState {
                 decision.action = Action::Answer(Box::new(response::error_response(&err)));
             }
             Ok(Some(id)) => {
+                crate::metrics::auth("ok");
                 if let Action::Proxy(plan) = &mut decision.action {
                     plan.head.extend_from_slice(id.rendered(|id| {
                         let mut lines = Vec::new();
@@ -458,5 +460,17 @@ impl Pending<'_> {
         };
         state.settle(&mut decision, outcome);
         decision
+    }
+}
+
+/// The metrics label of an edge authentication failure.
+fn auth_outcome(err: &AuthError) -> &'static str {
+    use crate::auth::jwt::TokenProblem;
+    match err {
+        AuthError::NoCredentials => "missing",
+        AuthError::Forbidden => "forbidden",
+        AuthError::InvalidToken(TokenProblem::Expired) => "expired",
+        AuthError::InvalidToken(TokenProblem::Blacklisted) => "revoked",
+        AuthError::InvalidToken(_) | AuthError::BadHeader | AuthError::NoUserId => "invalid",
     }
 }

@@ -32,6 +32,11 @@ pub struct AppState {
     pub(super) tokens: Option<TokenService>,
     /// Memory for buffered request bodies, shared by every connection.
     pub(crate) budget: Arc<Budget>,
+    /// Every configured upstream (health checks run for each).
+    upstreams: Vec<Arc<Upstream>>,
+    /// The upstreams requests need (routes, credential delegation): ready
+    /// only while each has a healthy server.
+    needed: Vec<Arc<Upstream>>,
 }
 
 /// State that outlives reloads: the store and the revocation mirror.
@@ -176,6 +181,26 @@ impl AppState {
                 TokenService::new(&config, &upstreams, store.clone(), deps.revoked.clone())?
             }
         };
+        let mut needed: Vec<Arc<Upstream>> = Vec::new();
+        let delegated = match config.tokens.as_ref().map(|t| &t.credentials) {
+            Some(crate::config::CredentialsConfig::Upstream { upstream, .. }) => {
+                upstreams.get(upstream.as_str()).cloned()
+            }
+            _ => None,
+        };
+        for up in targets
+            .iter()
+            .filter_map(|t| match t {
+                Target::Upstream { upstream, .. } => Some(upstream.clone()),
+                Target::Static(_) => None,
+            })
+            .chain(delegated)
+        {
+            if !needed.iter().any(|n| Arc::ptr_eq(n, &up)) {
+                needed.push(up);
+            }
+        }
+        let upstreams: Vec<Arc<Upstream>> = upstreams.into_values().collect();
         Ok(AppState {
             config: Arc::new(config),
             router,
@@ -185,14 +210,34 @@ impl AppState {
             strip,
             tokens,
             budget: deps.budget.clone(),
+            upstreams,
+            needed,
         })
     }
 
     /// Starts background work (fetching trusted issuers' keys).
+    /// Starts background work (fetching trusted issuers' keys, probing
+    /// upstream servers).
     pub fn start(&self) {
         if let Some(a) = &self.auth {
             a.start();
         }
+        for up in &self.upstreams {
+            for s in up.servers() {
+                crate::metrics::upstream_health(&up.config.name, &s.label, s.is_up());
+            }
+            crate::proxy::upstream::spawn_health_checks(up);
+        }
+    }
+
+    /// Why requests cannot all be served now: upstreams that routes need
+    /// with no healthy server (empty: ready).
+    pub fn unready_upstreams(&self) -> Vec<String> {
+        self.needed
+            .iter()
+            .filter(|u| !u.any_up())
+            .map(|u| format!("upstream {}: no healthy server", u.config.name))
+            .collect()
     }
 
     pub fn authenticator(&self) -> Option<&Authenticator> {

@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub use super::buffer::{buffer, Budget, Charge};
 use super::client::Stream;
-use super::upstream::Server;
+use super::upstream::Upstream;
 use super::ProxyError;
 use crate::clock::now_ms;
 use crate::wire::{hex_len, spare};
@@ -95,6 +95,8 @@ impl Failed {
 
 /// The upstream's response head has arrived.
 pub struct Exchanged {
+    /// The server that answered (a connect failure moves to another).
+    pub server: usize,
     pub stream: Stream,
     /// Bytes read: the final response head (`head_len` bytes) first, then
     /// whatever of the body came with it.
@@ -135,35 +137,55 @@ pub fn may_resend(reused: bool, written: bool, method: &http::Method, streamed: 
     reused && (!written || (method.is_idempotent() && !streamed))
 }
 
-/// Sends one request to `server` and reads the final response head.
-/// `head` is the whole request head, blank line included.
-#[allow(clippy::too_many_arguments)]
+/// Sends one request to the upstream's server `first` and reads the final
+/// response head. `head` is the whole request head, blank line included.
+/// A server that cannot be connected to is marked failed and the request
+/// goes to another healthy one: nothing of it was sent.
 pub async fn exchange<S: BodySource + ?Sized>(
-    server: &Server,
-    name: &str,
-    timeout: Duration,
+    up: &Upstream,
+    first: usize,
     method: &http::Method,
     head: &[u8],
     mut body: ReqBody<'_, S>,
     upgrade: bool,
     timer: &mut HeadTimer,
 ) -> Result<Exchanged, Failed> {
+    let (name, timeout) = (up.config.name.as_str(), up.config.timeout);
+    let mut index = first;
+    // Servers that refused a connection (allocates only on failure).
+    let mut tried: Vec<usize> = Vec::new();
     let mut fresh_only = false;
     loop {
+        let Some(server) = up.servers().get(index) else {
+            return Err(Failed::new(ProxyError::NoHealthyServer, body.streamed()));
+        };
+        let _in_flight = server.start();
         let taken = if fresh_only {
             server.pool.connect().await
         } else {
             server.pool.take().await
         };
-        let mut taken = taken.map_err(|e| {
-            Failed::new(
-                ProxyError::Connect {
-                    upstream: name.to_string(),
-                    source: e.into(),
-                },
-                body.streamed(),
-            )
-        })?;
+        let mut taken = match taken {
+            Ok(t) => t,
+            Err(e) => {
+                server.failed(&up.config);
+                crate::metrics::upstream_error(name, &server.label, "connect");
+                tried.push(index);
+                if let Some(next) = up.pick_other(&tried) {
+                    tracing::debug!(upstream = name, server = %server.label, error = %e, "connect failed: trying another server");
+                    index = next;
+                    fresh_only = false;
+                    continue;
+                }
+                return Err(Failed::new(
+                    ProxyError::Connect {
+                        upstream: name.to_string(),
+                        source: e.into(),
+                    },
+                    body.streamed(),
+                ));
+            }
+        };
         let streamed = body.streamed();
         // Head and a body held in memory go out in one write.
         let first: &[u8] = match &body {
@@ -189,6 +211,8 @@ pub async fn exchange<S: BodySource + ?Sized>(
                 fresh_only = true;
                 continue;
             }
+            server.failed(&up.config);
+            crate::metrics::upstream_error(name, &server.label, "reset");
             return Err(Failed::new(upstream_err(name, e), body.streamed()));
         }
         if let ReqBody::Stream {
@@ -211,17 +235,21 @@ pub async fn exchange<S: BodySource + ?Sized>(
         }
         match read_head(&mut taken.stream, timeout, upgrade, timer).await {
             Ok((buf, head_len, status)) => {
+                server.succeeded();
                 return Ok(Exchanged {
+                    server: index,
                     stream: taken.stream,
                     buf,
                     head_len,
                     status,
-                })
+                });
             }
             Err(HeadError::Closed) if may_resend(taken.reused, true, method, streamed) => {
                 fresh_only = true;
             }
             Err(HeadError::Closed) => {
+                server.failed(&up.config);
+                crate::metrics::upstream_error(name, &server.label, "reset");
                 return Err(Failed::new(
                     upstream_err(
                         name,
@@ -231,17 +259,23 @@ pub async fn exchange<S: BodySource + ?Sized>(
                         ),
                     ),
                     false,
-                ))
+                ));
             }
-            Err(HeadError::Io(e)) => return Err(Failed::new(upstream_err(name, e), false)),
+            Err(HeadError::Io(e)) => {
+                server.failed(&up.config);
+                crate::metrics::upstream_error(name, &server.label, "reset");
+                return Err(Failed::new(upstream_err(name, e), false));
+            }
             Err(HeadError::Timeout) => {
+                server.failed(&up.config);
+                crate::metrics::upstream_error(name, &server.label, "timeout");
                 return Err(Failed::new(
                     ProxyError::Timeout {
                         upstream: name.to_string(),
                         after: timeout,
                     },
                     false,
-                ))
+                ));
             }
         }
     }

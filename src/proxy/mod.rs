@@ -52,6 +52,8 @@ pub enum ProxyError {
     ClientBodyTimeout { after: Duration },
     #[error("request cannot be forwarded: {0}")]
     BadRequest(&'static str),
+    #[error("no healthy server in the upstream")]
+    NoHealthyServer,
     #[error("request_buffer_budget is spent")]
     BufferBudget,
     #[error(transparent)]
@@ -81,9 +83,6 @@ pub async fn forward(
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
     let name = &up.config.name;
-    let Some(server) = up.servers().get(out.server) else {
-        return Err(ProxyError::BadRequest("upstream has no servers"));
-    };
     let timeout = up.config.timeout;
     let client_upgrade = out.upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
@@ -132,9 +131,8 @@ pub async fn forward(
     };
     let mut timer = exchange::HeadTimer::default();
     let got = exchange::exchange(
-        server,
-        name,
-        timeout,
+        up,
+        out.server,
         &parts.method,
         &head,
         body,
@@ -161,7 +159,11 @@ pub async fn forward(
         return Ok(resp);
     }
     let is_head = parts.method == http::Method::HEAD;
-    h1client::response(got, is_head, &server.pool).map_err(|e| ProxyError::Upstream {
+    let Some(server) = up.servers().get(got.server) else {
+        return Err(ProxyError::NoHealthyServer);
+    };
+    let pool = server.pool.clone();
+    h1client::response(got, is_head, &pool).map_err(|e| ProxyError::Upstream {
         upstream: name.clone(),
         source: e.into(),
     })

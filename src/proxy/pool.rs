@@ -143,6 +143,10 @@ mod tests {
             pool_idle_timeout: idle,
             request_buffering: 0,
             pool_max_idle: max_idle,
+            balance: crate::config::Balance::RoundRobin,
+            max_fails: 1,
+            fail_timeout: Duration::from_secs(10),
+            health_check: None,
         }
     }
 

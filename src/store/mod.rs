@@ -157,6 +157,8 @@ pub trait Store: Send + Sync {
     /// Runs for as long as the process: puts revocations made by any
     /// replica or command into `mirror`, within about a second.
     fn follow_revocations(&self, mirror: Arc<RevokedFamilies>) -> StoreFuture<'_, ()>;
+    /// Whether the store answers (readiness).
+    fn ping(&self) -> StoreFuture<'_, ()>;
     /// The store's name for logs and summaries.
     fn describe(&self) -> String;
 }
@@ -198,6 +200,7 @@ impl Outage {
             // Not every error is an outage: a bad row is not, but it is
             // rare enough to log like one.
             Err(e) => {
+                crate::metrics::store_error();
                 if !self.down.swap(true, Ordering::AcqRel) {
                     tracing::error!(store = name, error = %crate::body::error_chain(e), "store unavailable: token routes answer 503 until it is back");
                 }

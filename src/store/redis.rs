@@ -638,6 +638,15 @@ impl Store for RedisStore {
         })
     }
 
+    fn ping(&self) -> StoreFuture<'_, ()> {
+        // Gated: a replica whose mirror is not resynced is not ready.
+        Box::pin(async move {
+            self.query::<String>(&redis::cmd("PING"), true)
+                .await
+                .map(|_| ())
+        })
+    }
+
     fn describe(&self) -> String {
         self.name.clone()
     }

@@ -409,6 +409,10 @@ impl Store for SqliteStore {
         })
     }
 
+    fn ping(&self) -> StoreFuture<'_, ()> {
+        self.run(|c| c.query_row("SELECT 1", [], |_| Ok(())))
+    }
+
     fn describe(&self) -> String {
         format!("sqlite {}", self.path.display())
     }

@@ -267,10 +267,13 @@ async fn delegate(
     username: &str,
     pw: &str,
 ) -> Result<Option<UserInfo>, CredentialsError> {
-    let server = up
+    let index = up
         .pick_index()
-        .and_then(|i| up.servers().get(i))
-        .ok_or_else(|| unavailable("upstream has no servers".into()))?;
+        .ok_or_else(|| unavailable("no healthy server in the upstream".into()))?;
+    let server = up
+        .servers()
+        .get(index)
+        .ok_or_else(|| unavailable("no healthy server in the upstream".into()))?;
     let body = serde_json::json!({"username": username, "password": pw}).to_string();
     let mut head = Vec::with_capacity(256);
     head.extend_from_slice(b"POST ");
@@ -284,9 +287,8 @@ async fn delegate(
     head.extend_from_slice(b"\r\n\r\n");
     let mut timer = crate::proxy::exchange::HeadTimer::default();
     let exchanged = crate::proxy::exchange::exchange(
-        server,
-        &up.config.name,
-        timeout,
+        up,
+        index,
         &http::Method::POST,
         &head,
         crate::proxy::exchange::ReqBody::<crate::proxy::exchange::NoSource>::Whole(body.as_bytes()),
@@ -297,7 +299,11 @@ async fn delegate(
         .await
         .map_err(|_| unavailable("credential check timed out".into()))?
         .map_err(|f| unavailable(Box::new(f.error)))?;
-    let resp = crate::proxy::h1client::response(got, false, &server.pool)
+    let pool = match up.servers().get(got.server) {
+        Some(s) => s.pool.clone(),
+        None => return Err(unavailable("no healthy server in the upstream".into())),
+    };
+    let resp = crate::proxy::h1client::response(got, false, &pool)
         .map_err(|e| unavailable(Box::new(e)))?;
     let status = resp.status();
     if status == http::StatusCode::UNAUTHORIZED || status == http::StatusCode::FORBIDDEN {

@@ -35,11 +35,22 @@ impl TokenService {
         let store = self.store.as_ref();
         // SECURITY: the attempt is counted before the password is checked,
         // so concurrent guesses cannot all pass the limit.
-        let slot = rate_limit::reserve(store, limits, username, peer).await?;
+        let slot = match rate_limit::reserve(store, limits, username, peer).await {
+            Ok(slot) => slot,
+            Err(e) => {
+                if matches!(e, TokenError::RateLimited { .. }) {
+                    crate::metrics::login("rate_limited");
+                }
+                return Err(e);
+            }
+        };
         let user = match self.credentials.authenticate(username, password).await {
             Ok(Some(u)) => u,
             // A failure keeps its reserved slot: it is the count.
-            Ok(None) => return Err(TokenError::BadCredentials),
+            Ok(None) => {
+                crate::metrics::login("failed");
+                return Err(TokenError::BadCredentials);
+            }
             Err(e) => {
                 rate_limit::release(store, limits, username, slot).await?;
                 return Err(TokenError::CredentialsUnavailable(e));
@@ -70,6 +81,8 @@ impl TokenService {
             now,
             self.access_exp(now).min(family.expires_at),
         )?;
+        crate::metrics::login("succeeded");
+        crate::metrics::tokens("issued");
         Ok(ok(
             serde_json::json!({"refresh": refresh, "access": access.0}),
         ))
@@ -189,6 +202,7 @@ impl TokenService {
             // No token of the family outlives the session (session_max).
             self.access_exp(now).min(family.expires_at),
         )?;
+        crate::metrics::tokens("refreshed");
         if !self.cfg.rotate_refresh {
             return Ok(ok(serde_json::json!({"access": access.0})));
         }
@@ -290,6 +304,7 @@ impl TokenService {
                 }
             }
         }
+        crate::metrics::tokens("blacklisted");
         Ok(ok(serde_json::json!({})))
     }
 
