@@ -185,6 +185,7 @@ pub(crate) async fn serve<IO: ClientIo>(mut io: IO, env: Env<'_>) -> Outcome<IO>
         let start = log.then(Instant::now);
         let request_id = log.then(|| decision.request_id.as_str().to_string());
         let draining = *env.shutdown.borrow();
+        let (route, began) = (decision.route, Instant::now());
         // Boxed: the request's state is large, and an idle connection
         // should not carry it.
         let served = Box::pin(execute(
@@ -192,6 +193,7 @@ pub(crate) async fn serve<IO: ClientIo>(mut io: IO, env: Env<'_>) -> Outcome<IO>
             &mut timer,
         ))
         .await;
+        crate::handler::observe(route, &method, served.status, began);
         if let (Some(start), Some(request_id)) = (start, request_id) {
             AccessRecord {
                 peer: env.conn.peer,
@@ -336,6 +338,7 @@ async fn execute<IO: ClientIo>(
         close,
         framing,
         path,
+        route: _,
     } = decision;
     buf.drain(..head_len);
     let reply = Reply {

@@ -111,6 +111,7 @@ impl AppState {
                 (false, None) => Framing::None,
             },
             path: None,
+            route: "none",
         };
         let refuse = |mut d: Decision, err: GatewayError| {
             d.action = Action::Answer(Box::new(response::error_response(&err)));
@@ -178,6 +179,7 @@ impl AppState {
                 let client =
                     fwd::client_ip(conn.peer.ip().to_canonical(), xff, &server.trusted_proxies);
                 decision.action = Action::Tokens { endpoint, client };
+                decision.route = "tokens";
                 return Step::Ready(decision);
             }
         }
@@ -201,6 +203,7 @@ impl AppState {
         let Some((index, route)) = routed else {
             return refuse(decision, GatewayError::NoRoute);
         };
+        decision.route = self.route_labels.get(index).copied().unwrap_or("none");
         // Step 9: methods, preflight, declared size.
         let preflight = *head.method == http::Method::OPTIONS && f.origin && f.cors_method;
         if !preflight && !policy::method_allowed(&route.policy, head.method) {

@@ -152,6 +152,7 @@ pub async fn handle(
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     record.status = resp.status().as_u16();
+    super::observe(decision.route, &record.method, record.status, start);
     (resp, record)
 }
 

@@ -138,6 +138,19 @@ pub(crate) struct Decision {
     /// The normalised path when it differs from the received one (static
     /// routes serve it).
     pub path: Option<String>,
+    /// The route's metrics label: its config path, "tokens", or "none".
+    pub route: &'static str,
+}
+
+/// Counts an answered request in the metrics (`route`: the decision's);
+/// both executors call it once the response status is known.
+pub(crate) fn observe(
+    route: &'static str,
+    method: &http::Method,
+    status: u16,
+    start: std::time::Instant,
+) {
+    crate::metrics::request(route, method, status, start.elapsed().as_secs_f64());
 }
 
 /// A decision, or the token still to verify before there is one.

@@ -24,6 +24,8 @@ pub struct AppState {
     pub(super) router: Router,
     /// One per route, in the router's order.
     pub(super) targets: Vec<Target>,
+    /// Each route's metrics label (its config path), in the router's order.
+    pub(super) route_labels: Vec<&'static str>,
     pub(crate) hsts: Option<HeaderValue>,
     /// None when the config has no [jwt]: every route is then "none".
     pub(super) auth: Option<Authenticator>,
@@ -201,10 +203,16 @@ impl AppState {
             }
         }
         let upstreams: Vec<Arc<Upstream>> = upstreams.into_values().collect();
+        let route_labels = router
+            .routes()
+            .iter()
+            .map(|r| crate::metrics::intern(&r.path))
+            .collect();
         Ok(AppState {
             config: Arc::new(config),
             router,
             targets,
+            route_labels,
             hsts,
             auth,
             strip,

@@ -151,6 +151,7 @@ pub async fn exchange<S: BodySource + ?Sized>(
     timer: &mut HeadTimer,
 ) -> Result<Exchanged, Failed> {
     let (name, timeout) = (up.config.name.as_str(), up.config.timeout);
+    let began = std::time::Instant::now();
     let mut index = first;
     // Servers that refused a connection (allocates only on failure).
     let mut tried: Vec<usize> = Vec::new();
@@ -236,6 +237,7 @@ pub async fn exchange<S: BodySource + ?Sized>(
         match read_head(&mut taken.stream, timeout, upgrade, timer).await {
             Ok((buf, head_len, status)) => {
                 server.succeeded();
+                crate::metrics::upstream_latency(up.label, began.elapsed().as_secs_f64());
                 return Ok(Exchanged {
                     server: index,
                     stream: taken.stream,

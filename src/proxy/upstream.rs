@@ -19,6 +19,8 @@ use crate::config::{Balance, UpstreamAddr, UpstreamConfig};
 
 pub struct Upstream {
     pub config: UpstreamConfig,
+    /// The name as a metrics label.
+    pub label: &'static str,
     servers: Vec<Server>,
     next: AtomicUsize,
 }
@@ -120,6 +122,7 @@ impl Upstream {
             })
             .collect();
         Upstream {
+            label: crate::metrics::intern(&config.name),
             config: config.clone(),
             servers,
             next: AtomicUsize::new(0),
