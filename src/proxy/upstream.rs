@@ -194,8 +194,13 @@ pub fn spawn_health_checks(up: &Arc<Upstream>) {
                 let h = &server.health;
                 if ok {
                     (good, bad) = (good.saturating_add(1), 0);
-                    if good >= hc.healthy && h.probed_down.swap(false, Ordering::Relaxed) {
-                        tracing::info!(upstream = %up.config.name, server = %server.label, "upstream server healthy again");
+                    if good >= hc.healthy {
+                        // Probes that pass are evidence enough: they also end
+                        // a passive time-out.
+                        let was_out = now_ms() < h.down_until.swap(0, Ordering::Relaxed);
+                        if h.probed_down.swap(false, Ordering::Relaxed) || was_out {
+                            tracing::info!(upstream = %up.config.name, server = %server.label, "upstream server healthy again");
+                        }
                     }
                 } else {
                     (good, bad) = (0, bad.saturating_add(1));
