@@ -187,10 +187,19 @@ async fn no_healthy_server_is_503_and_not_ready() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let gw = Gateway::start(&config(&[format!("http://{dead}")], "")).await;
+    let dead2 = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let gw = Gateway::start(&config(
+        &[format!("http://{dead}"), format!("http://{dead2}")],
+        "",
+    ))
+    .await;
+    // Both tried (the connect failure moves on), both taken out.
     let (status, _) = get(&gw, "/").await;
     assert_eq!(status, 502);
-    // Taken out by that failure: now refused before any connect.
+    // Now refused before any connect.
     let r = common::get(gw.addr, "/").await;
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.header("content-type"), Some("application/json"));
@@ -374,6 +383,28 @@ print(json.dumps(out))
 }
 
 #[tokio::test]
+async fn a_lone_server_is_never_taken_out_by_failures() {
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let gw = Gateway::start(&config(&[format!("http://{dead}")], "")).await;
+    for _ in 0..3 {
+        assert_eq!(get(&gw, "/").await.0, 502);
+    }
+    // With active checks, a lone server that fails them is out.
+    let hc = "health_check = { path = \"/\", interval = \"100ms\", unhealthy = 1 }";
+    let gw = Gateway::start(&config(&[format!("http://{dead}")], hc)).await;
+    assert!(
+        eventually_async(Duration::from_secs(3), || async {
+            common::get(admin(&gw), "/readyz").await.status == 503
+        })
+        .await
+    );
+    assert_eq!(get(&gw, "/").await.0, 503);
+}
+
+#[tokio::test]
 async fn the_admin_listener_may_not_be_a_public_one() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gateway.toml");
@@ -466,5 +497,61 @@ fn sigterm_turns_readiness_off_then_drains() {
         status(port, "/index.html"),
         None,
         "still accepting after the drain"
+    );
+}
+
+/// A real gunicorn and a test server behind one upstream: gunicorn killed
+/// (workers and all) under load, requests keep succeeding; restarted, the
+/// health checks bring it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gunicorn_killed_under_load_and_restarted() {
+    let Some(mut g) = common::gunicorn::gunicorn().await else {
+        return;
+    };
+    let other = Backend::start("other").await;
+    let hc = "health_check = { path = \"/healthz\", interval = \"100ms\", timeout = \"1s\", healthy = 1, unhealthy = 1 }";
+    let gw = Gateway::start(&config(&[g.url(), other.url()], hc)).await;
+    let from_gunicorn = |body: &str| body.starts_with("GET /");
+    let mut saw = false;
+    for _ in 0..6 {
+        let (status, body) = get(&gw, "/x").await;
+        assert_eq!(status, 200);
+        saw |= from_gunicorn(&body);
+    }
+    assert!(saw, "gunicorn got no request");
+    let load = {
+        let addr = gw.addr;
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for _ in 0..60 {
+                statuses.push(common::get(addr, "/x").await.status.as_u16());
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            statuses
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::task::block_in_place(|| g.kill());
+    let statuses = load.await.unwrap();
+    // A GET cut mid-answer on a fresh connection is not re-sent (the retry
+    // rule): at most the one in flight at the kill may fail.
+    let failed = statuses.iter().filter(|s| **s != 200).count();
+    assert!(
+        failed <= 1 && statuses.iter().all(|s| *s == 200 || *s == 502),
+        "{statuses:?}"
+    );
+    tokio::task::block_in_place(|| g.restart());
+    let mut back = false;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !back && Instant::now() < deadline {
+        let (status, body) = get(&gw, "/x").await;
+        assert_eq!(status, 200);
+        back = from_gunicorn(&body);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        back,
+        "the restarted gunicorn got no request:\n{}",
+        g.log_text()
     );
 }

@@ -58,7 +58,9 @@ impl Server {
 
     /// A request to it failed (connect, timeout, broken response).
     pub fn failed(&self, up: &UpstreamConfig) {
-        if up.max_fails == 0 {
+        // As nginx: a lone server is never taken out by failures (there is
+        // nowhere else to send its requests).
+        if up.max_fails == 0 || up.servers.len() < 2 {
             return;
         }
         let now = now_ms();
