@@ -20,11 +20,8 @@
 //! port is picked the same way).
 mod common;
 use common::raw::*;
-use common::venv::venv_python;
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
