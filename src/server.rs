@@ -440,7 +440,7 @@ async fn serve_connection(
         shared.header_read_timeout,
         shared.idle_timeout,
     ));
-    let conn_info = Arc::new(ConnInfo::new(peer, mode.tls, mode.redirect_https_port));
+    let mut conn_info = ConnInfo::new(peer, mode.tls, mode.redirect_https_port);
     let mut open = crate::metrics::Connection::open(mode.listener, "http/1.1");
     if mode.tls {
         let acceptor = shared.tls.load_full();
@@ -466,6 +466,12 @@ async fn serve_connection(
                 return;
             }
         };
+        conn_info.tls_version = match tls.get_ref().1.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => Some("TLSv1.3"),
+            Some(rustls::ProtocolVersion::TLSv1_2) => Some("TLSv1.2"),
+            _ => None,
+        };
+        let conn_info = Arc::new(conn_info);
         // HTTP/2 goes to hyper; HTTP/1.1 starts on the fast path.
         if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
             open.set_protocol("h2");
@@ -477,7 +483,7 @@ async fn serve_connection(
             Box::pin(drive_h1(tls, shared, conn_info, activity, shutdown)).await;
         }
     } else {
-        drive_h1(stream, shared, conn_info, activity, shutdown).await;
+        drive_h1(stream, shared, Arc::new(conn_info), activity, shutdown).await;
     }
 }
 

@@ -466,6 +466,8 @@ pub struct LogConfig {
 pub enum LogFormat {
     Text,
     Json,
+    /// Access lines in nginx's combined format on stdout; the rest as text.
+    Combined,
 }
 
 /// A configuration that could not be loaded. Its `Display` is the whole

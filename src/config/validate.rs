@@ -185,11 +185,12 @@ fn validate(r: &mut Report, path: &Path, raw: RawConfig) -> Config {
             Some(f) => match f.get_ref().as_str() {
                 "text" => LogFormat::Text,
                 "json" => LogFormat::Json,
+                "combined" => LogFormat::Combined,
                 other => {
                     r.spanned(
                         &f,
                         "log.format",
-                        format!("unknown format {other:?} (expected \"text\" or \"json\")"),
+                        format!("unknown format {other:?} (expected \"text\", \"json\" or \"combined\")"),
                     );
                     LogFormat::Text
                 }

@@ -111,8 +111,8 @@ pub(super) async fn proxy<IO: ClientIo>(
             .await
         }
     };
-    let pool = match up.servers().get(got.server) {
-        Some(s) => s.pool.clone(),
+    let (pool, used) = match up.servers().get(got.server) {
+        Some(s) => (s.pool.clone(), s.label),
         None => {
             let err = ProxyError::NoHealthyServer;
             return failed(io, err, reply, is_head, false, upstream_time).await;
@@ -124,6 +124,7 @@ pub(super) async fn proxy<IO: ClientIo>(
             bytes: done.bytes,
             error: None,
             upstream_time,
+            upstream: Some(used),
             keep: done.client_ok && !reply.close,
         },
         Err(e) => {

@@ -37,7 +37,7 @@ use tokio::sync::watch;
 use crate::handler::{Action, AppState, ConnInfo, Decision, Framing, Head, RequestId, Step};
 use crate::proxy::exchange::HeadTimer;
 use crate::response::{self, GatewayError};
-use crate::telemetry::AccessRecord;
+use crate::telemetry::{AccessRecord, RequestInfo};
 use crate::watchdog::Activity;
 use crate::wire::{spare, uninit_headers, Name, RequestError};
 use body::Collected;
@@ -175,9 +175,9 @@ pub(crate) async fn serve<IO: ClientIo>(mut io: IO, env: Env<'_>) -> Outcome<IO>
                 Ok(_) => env.activity.on_read(),
             }
         };
-        let (step, method, request, log_path) = step;
+        let (step, method, request, info) = step;
         // Boxed: a token verification's state is large.
-        let decision = match step {
+        let mut decision = match step {
             Step::Ready(d) => d,
             step @ Step::Verify(_) => Box::pin(step.resolve()).await,
         };
@@ -186,6 +186,7 @@ pub(crate) async fn serve<IO: ClientIo>(mut io: IO, env: Env<'_>) -> Outcome<IO>
         let request_id = log.then(|| decision.request_id.as_str().to_string());
         let draining = *env.shutdown.borrow();
         let (route, began) = (decision.route, Instant::now());
+        let user_id = decision.user_id.take();
         // Boxed: the request's state is large, and an idle connection
         // should not carry it.
         let served = Box::pin(execute(
@@ -198,11 +199,14 @@ pub(crate) async fn serve<IO: ClientIo>(mut io: IO, env: Env<'_>) -> Outcome<IO>
             AccessRecord {
                 peer: env.conn.peer,
                 method,
-                path: log_path,
+                info,
                 status: served.status,
                 request_id,
                 start,
                 upstream_time: served.upstream_time,
+                upstream: served.upstream,
+                user_id,
+                tls: env.conn.tls_version,
                 error: served.error,
             }
             .log(served.bytes);
@@ -220,7 +224,12 @@ pub(crate) async fn serve<IO: ClientIo>(mut io: IO, env: Env<'_>) -> Outcome<IO>
     }
 }
 
-type Decided<'s> = (Step<'s>, http::Method, Option<http::Request<()>>, String);
+type Decided<'s> = (
+    Step<'s>,
+    http::Method,
+    Option<http::Request<()>>,
+    RequestInfo,
+);
 
 /// Decides on a parsed head. `None`: declined, for the general path (see
 /// the module doc); nothing has been decided then.
@@ -281,8 +290,19 @@ fn decide<'s>(
     } else {
         None
     };
-    let log_path = if log { path.to_string() } else { String::new() };
-    Some((step, method, request, log_path))
+    let info = if log {
+        RequestInfo::gather(
+            target,
+            http::Version::HTTP_11,
+            conn.peer.ip(),
+            None,
+            req.headers.iter().map(|h| (h.name.as_bytes(), h.value)),
+            &state.config.server.trusted_proxies,
+        )
+    } else {
+        RequestInfo::default()
+    };
+    Some((step, method, request, info))
 }
 
 /// Splits an origin-form request target into path and query when each of
@@ -312,6 +332,8 @@ struct Served {
     bytes: u64,
     error: Option<String>,
     upstream_time: Option<Duration>,
+    /// The upstream server that answered.
+    upstream: Option<&'static str>,
     /// The connection can carry another request.
     keep: bool,
 }
@@ -339,6 +361,7 @@ async fn execute<IO: ClientIo>(
         framing,
         path,
         route: _,
+        user_id: _,
     } = decision;
     buf.drain(..head_len);
     let reply = Reply {
@@ -433,6 +456,7 @@ async fn local<IO: ClientIo>(
             bytes,
             error,
             upstream_time: None,
+            upstream: None,
             keep: !reply.close,
         },
         Err(_) => Served {
@@ -440,6 +464,7 @@ async fn local<IO: ClientIo>(
             bytes: 0,
             error: None,
             upstream_time: None,
+            upstream: None,
             keep: false,
         },
     }

@@ -112,6 +112,7 @@ impl AppState {
             },
             path: None,
             route: "none",
+            user_id: None,
         };
         let refuse = |mut d: Decision, err: GatewayError| {
             d.action = Action::Answer(Box::new(response::error_response(&err)));
@@ -368,6 +369,7 @@ impl AppState {
             }
             Ok(Some(id)) => {
                 crate::metrics::auth("ok");
+                decision.user_id = Some(id.user_id().to_string());
                 if let Action::Proxy(plan) = &mut decision.action {
                     plan.head.extend_from_slice(id.rendered(|id| {
                         let mut lines = Vec::new();

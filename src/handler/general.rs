@@ -13,7 +13,7 @@ use std::time::Instant;
 use super::{Action, AppState, ConnInfo, Head};
 use crate::proxy::{self, Outbound};
 use crate::response::{self, Body, ErrorNote, GatewayError};
-use crate::telemetry::AccessRecord;
+use crate::telemetry::{AccessRecord, RequestInfo};
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -50,10 +50,23 @@ pub async fn handle(
         peer: conn.peer,
         method: req.method().clone(),
         // Only paid for when the access log is on.
-        path: if log {
-            req.uri().path().to_string()
+        info: if log {
+            let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            let fields: Vec<(&[u8], &[u8])> = req
+                .headers()
+                .iter()
+                .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
+                .collect();
+            RequestInfo::gather(
+                target,
+                req.version(),
+                conn.peer.ip(),
+                req.uri().authority().map(|a| a.as_str().as_bytes()),
+                fields.iter().copied(),
+                &state.config.server.trusted_proxies,
+            )
         } else {
-            String::new()
+            RequestInfo::default()
         },
         status: 0,
         request_id: if log {
@@ -63,6 +76,9 @@ pub async fn handle(
         },
         start,
         upstream_time: None,
+        upstream: None,
+        user_id: if log { decision.user_id.clone() } else { None },
+        tls: conn.tls_version,
         error: None,
     };
     let version = req.version();
@@ -137,6 +153,9 @@ pub async fn handle(
     }
     if let Some(note) = resp.extensions_mut().remove::<ErrorNote>() {
         record.error = Some(note.0);
+    }
+    if let Some(used) = resp.extensions_mut().remove::<proxy::UsedServer>() {
+        record.upstream = Some(used.0);
     }
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_bytes(decision.request_id.as_bytes()) {

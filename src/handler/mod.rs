@@ -65,6 +65,8 @@ pub struct ConnInfo {
     /// The peer's address as the upstream sees it (canonical: an IPv4
     /// client on a dual-stack listener stays IPv4), made once.
     pub peer_ip: String,
+    /// The negotiated TLS version ("TLSv1.3"), for the access log.
+    pub tls_version: Option<&'static str>,
 }
 
 impl ConnInfo {
@@ -74,6 +76,7 @@ impl ConnInfo {
             tls,
             redirect_https_port,
             peer_ip: peer.ip().to_canonical().to_string(),
+            tls_version: None,
         }
     }
 }
@@ -140,6 +143,8 @@ pub(crate) struct Decision {
     pub path: Option<String>,
     /// The route's metrics label: its config path, "tokens", or "none".
     pub route: &'static str,
+    /// The authenticated user, for the access log.
+    pub user_id: Option<String>,
 }
 
 /// Counts an answered request in the metrics (`route`: the decision's);

@@ -232,7 +232,7 @@ impl AppState {
         }
         for up in &self.upstreams {
             for s in up.servers() {
-                crate::metrics::upstream_health(&up.config.name, &s.label, s.is_up());
+                crate::metrics::upstream_health(&up.config.name, s.label, s.is_up());
             }
             crate::proxy::upstream::spawn_health_checks(up);
         }

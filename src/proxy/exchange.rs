@@ -170,7 +170,7 @@ pub async fn exchange<S: BodySource + ?Sized>(
             Ok(t) => t,
             Err(e) => {
                 server.failed(&up.config);
-                crate::metrics::upstream_error(name, &server.label, "connect");
+                crate::metrics::upstream_error(name, server.label, "connect");
                 tried.push(index);
                 if let Some(next) = up.pick_other(&tried) {
                     tracing::debug!(upstream = name, server = %server.label, error = %e, "connect failed: trying another server");
@@ -213,7 +213,7 @@ pub async fn exchange<S: BodySource + ?Sized>(
                 continue;
             }
             server.failed(&up.config);
-            crate::metrics::upstream_error(name, &server.label, "reset");
+            crate::metrics::upstream_error(name, server.label, "reset");
             return Err(Failed::new(upstream_err(name, e), body.streamed()));
         }
         if let ReqBody::Stream {
@@ -251,7 +251,7 @@ pub async fn exchange<S: BodySource + ?Sized>(
             }
             Err(HeadError::Closed) => {
                 server.failed(&up.config);
-                crate::metrics::upstream_error(name, &server.label, "reset");
+                crate::metrics::upstream_error(name, server.label, "reset");
                 return Err(Failed::new(
                     upstream_err(
                         name,
@@ -265,12 +265,12 @@ pub async fn exchange<S: BodySource + ?Sized>(
             }
             Err(HeadError::Io(e)) => {
                 server.failed(&up.config);
-                crate::metrics::upstream_error(name, &server.label, "reset");
+                crate::metrics::upstream_error(name, server.label, "reset");
                 return Err(Failed::new(upstream_err(name, e), false));
             }
             Err(HeadError::Timeout) => {
                 server.failed(&up.config);
-                crate::metrics::upstream_error(name, &server.label, "timeout");
+                crate::metrics::upstream_error(name, server.label, "timeout");
                 return Err(Failed::new(
                     ProxyError::Timeout {
                         upstream: name.to_string(),

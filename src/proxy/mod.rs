@@ -60,6 +60,10 @@ pub enum ProxyError {
     Request(#[from] crate::wire::RequestError),
 }
 
+/// The upstream server that answered, on a proxied response (access log).
+#[derive(Clone, Copy)]
+pub struct UsedServer(pub &'static str);
+
 /// A decided proxy request, for the hyper executor.
 pub struct Outbound<'a> {
     /// Index of the server picked among the upstream's.
@@ -162,11 +166,13 @@ pub async fn forward(
     let Some(server) = up.servers().get(got.server) else {
         return Err(ProxyError::NoHealthyServer);
     };
-    let pool = server.pool.clone();
-    h1client::response(got, is_head, &pool).map_err(|e| ProxyError::Upstream {
+    let (pool, used) = (server.pool.clone(), server.label);
+    let mut resp = h1client::response(got, is_head, &pool).map_err(|e| ProxyError::Upstream {
         upstream: name.clone(),
         source: e.into(),
-    })
+    })?;
+    resp.extensions_mut().insert(UsedServer(used));
+    Ok(resp)
 }
 
 /// Copies bytes both ways between the client and the upstream once both

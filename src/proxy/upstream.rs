@@ -32,7 +32,7 @@ pub struct Server {
     /// The Host header sent when `preserve_host = false`.
     pub host: http::HeaderValue,
     /// `host:port` or `unix:/path`, for logs and metrics.
-    pub label: String,
+    pub label: &'static str,
     health: Health,
 }
 
@@ -116,10 +116,10 @@ impl Upstream {
                         .unwrap_or_else(|_| http::HeaderValue::from_static("localhost")),
                     UpstreamAddr::Unix { .. } => http::HeaderValue::from_static("localhost"),
                 },
-                label: match addr {
+                label: crate::metrics::intern(&match addr {
                     UpstreamAddr::Tcp { authority } => authority.clone(),
                     UpstreamAddr::Unix { path } => format!("unix:{}", path.display()),
-                },
+                }),
                 health: Health::default(),
             })
             .collect();
@@ -210,7 +210,7 @@ pub fn spawn_health_checks(up: &Arc<Upstream>) {
                         tracing::warn!(upstream = %up.config.name, server = %server.label, path = %hc.path, "upstream server failed its health checks: taken out");
                     }
                 }
-                crate::metrics::upstream_health(&up.config.name, &server.label, server.is_up());
+                crate::metrics::upstream_health(&up.config.name, server.label, server.is_up());
             }
         });
     }
