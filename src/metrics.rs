@@ -12,9 +12,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
-use std::sync::{LazyLock, Mutex};
+use std::sync::{LazyLock, Mutex, OnceLock};
 use std::time::Instant;
 
 type Static2 = [(&'static str, &'static str); 2];
@@ -151,49 +151,92 @@ pub fn intern(name: &str) -> &'static str {
     s
 }
 
-fn method_label(m: &http::Method) -> &'static str {
+fn method_index(m: &http::Method) -> usize {
     match *m {
-        http::Method::GET => "GET",
-        http::Method::HEAD => "HEAD",
-        http::Method::POST => "POST",
-        http::Method::PUT => "PUT",
-        http::Method::PATCH => "PATCH",
-        http::Method::DELETE => "DELETE",
-        http::Method::OPTIONS => "OPTIONS",
-        _ => "OTHER",
+        http::Method::GET => 0,
+        http::Method::HEAD => 1,
+        http::Method::POST => 2,
+        http::Method::PUT => 3,
+        http::Method::PATCH => 4,
+        http::Method::DELETE => 5,
+        http::Method::OPTIONS => 6,
+        _ => 7,
     }
 }
 
-fn class(status: u16) -> &'static str {
+fn class_index(status: u16) -> usize {
     match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
     }
 }
 
-/// One answered request. `route`: the interned route path, or "none".
-pub fn request(route: &'static str, method: &http::Method, status: u16, seconds: f64) {
-    let m = &*METRICS;
-    m.requests
-        .get_or_create(&[
-            ("route", route),
-            ("method", method_label(method)),
-            ("status", class(status)),
-        ])
-        .inc();
-    m.request_seconds
-        .get_or_create(&[("route", route)])
-        .observe(seconds);
+const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "OTHER",
+];
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// One route's request metrics, resolved once: counting a request touches
+/// two atomics, with no label hashing or lock.
+pub struct RouteMetrics {
+    label: &'static str,
+    counters: [OnceLock<Counter>; METHODS.len() * CLASSES.len()],
+    latency: Histogram,
 }
 
-pub fn upstream_latency(upstream: &'static str, seconds: f64) {
+static ROUTES: LazyLock<Mutex<HashMap<&'static str, &'static RouteMetrics>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// The metrics of the route labelled `name` (its config path, "tokens" or
+/// "none"); made once per distinct name and kept for the process.
+pub fn route(name: &str) -> &'static RouteMetrics {
+    let label = intern(name);
+    let Ok(mut map) = ROUTES.lock() else {
+        // Poisoned: count under a fresh handle rather than not at all.
+        return Box::leak(Box::new(new_route(label)));
+    };
+    map.entry(label)
+        .or_insert_with(|| Box::leak(Box::new(new_route(label))))
+}
+
+fn new_route(label: &'static str) -> RouteMetrics {
+    RouteMetrics {
+        label,
+        counters: std::array::from_fn(|_| OnceLock::new()),
+        latency: METRICS
+            .request_seconds
+            .get_or_create(&[("route", label)])
+            .clone(),
+    }
+}
+
+/// One answered request.
+pub fn request(route: &RouteMetrics, method: &http::Method, status: u16, seconds: f64) {
+    let (m, c) = (method_index(method), class_index(status));
+    route.counters[m * CLASSES.len() + c]
+        .get_or_init(|| {
+            METRICS
+                .requests
+                .get_or_create(&[
+                    ("route", route.label),
+                    ("method", METHODS[m]),
+                    ("status", CLASSES[c]),
+                ])
+                .clone()
+        })
+        .inc();
+    route.latency.observe(seconds);
+}
+
+/// An upstream's latency histogram, resolved once per upstream.
+pub fn upstream_latency(upstream: &'static str) -> Histogram {
     METRICS
         .upstream_seconds
         .get_or_create(&[("upstream", upstream)])
-        .observe(seconds);
+        .clone()
 }
 
 /// `kind`: connect, timeout, reset or bad_response.
@@ -218,9 +261,31 @@ pub fn upstream_health(upstream: &str, server: &str, up: bool) {
         .set(i64::from(up));
 }
 
+const OUTCOMES: [&str; 6] = [
+    "ok",
+    "missing",
+    "invalid",
+    "expired",
+    "revoked",
+    "forbidden",
+];
+
 /// `outcome`: ok, missing, invalid, expired, revoked, forbidden.
 pub fn auth(outcome: &'static str) {
-    METRICS.auth.get_or_create(&[("outcome", outcome)]).inc();
+    static HANDLES: LazyLock<Vec<Counter>> = LazyLock::new(|| {
+        OUTCOMES
+            .iter()
+            .map(|o| METRICS.auth.get_or_create(&[("outcome", *o)]).clone())
+            .collect()
+    });
+    match OUTCOMES.iter().position(|o| *o == outcome) {
+        Some(i) => {
+            HANDLES[i].inc();
+        }
+        None => {
+            METRICS.auth.get_or_create(&[("outcome", outcome)]).inc();
+        }
+    }
 }
 
 /// `event`: issued, refreshed, blacklisted.
@@ -311,3 +376,15 @@ pub fn render() -> String {
 
 /// The content type of `render`'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Requests that matched no route (and those answered before routing).
+pub fn route_none() -> &'static RouteMetrics {
+    static NONE: LazyLock<&'static RouteMetrics> = LazyLock::new(|| route("none"));
+    &NONE
+}
+
+/// The token routes.
+pub fn route_tokens() -> &'static RouteMetrics {
+    static TOKENS: LazyLock<&'static RouteMetrics> = LazyLock::new(|| route("tokens"));
+    &TOKENS
+}

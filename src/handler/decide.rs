@@ -111,7 +111,7 @@ impl AppState {
                 (false, None) => Framing::None,
             },
             path: None,
-            route: "none",
+            route: crate::metrics::route_none(),
             user_id: None,
         };
         let refuse = |mut d: Decision, err: GatewayError| {
@@ -180,7 +180,7 @@ impl AppState {
                 let client =
                     fwd::client_ip(conn.peer.ip().to_canonical(), xff, &server.trusted_proxies);
                 decision.action = Action::Tokens { endpoint, client };
-                decision.route = "tokens";
+                decision.route = crate::metrics::route_tokens();
                 return Step::Ready(decision);
             }
         }
@@ -204,7 +204,11 @@ impl AppState {
         let Some((index, route)) = routed else {
             return refuse(decision, GatewayError::NoRoute);
         };
-        decision.route = self.route_labels.get(index).copied().unwrap_or("none");
+        decision.route = self
+            .route_metrics
+            .get(index)
+            .copied()
+            .unwrap_or_else(crate::metrics::route_none);
         // Step 9: methods, preflight, declared size.
         let preflight = *head.method == http::Method::OPTIONS && f.origin && f.cors_method;
         if !preflight && !policy::method_allowed(&route.policy, head.method) {

@@ -142,7 +142,7 @@ pub(crate) struct Decision {
     /// routes serve it).
     pub path: Option<String>,
     /// The route's metrics label: its config path, "tokens", or "none".
-    pub route: &'static str,
+    pub route: &'static crate::metrics::RouteMetrics,
     /// The authenticated user, for the access log.
     pub user_id: Option<String>,
 }
@@ -150,7 +150,7 @@ pub(crate) struct Decision {
 /// Counts an answered request in the metrics (`route`: the decision's);
 /// both executors call it once the response status is known.
 pub(crate) fn observe(
-    route: &'static str,
+    route: &crate::metrics::RouteMetrics,
     method: &http::Method,
     status: u16,
     start: std::time::Instant,

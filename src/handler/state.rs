@@ -24,8 +24,9 @@ pub struct AppState {
     pub(super) router: Router,
     /// One per route, in the router's order.
     pub(super) targets: Vec<Target>,
-    /// Each route's metrics label (its config path), in the router's order.
-    pub(super) route_labels: Vec<&'static str>,
+    /// Each route's metrics (labelled by its config path), in the router's
+    /// order.
+    pub(super) route_metrics: Vec<&'static crate::metrics::RouteMetrics>,
     pub(crate) hsts: Option<HeaderValue>,
     /// None when the config has no [jwt]: every route is then "none".
     pub(super) auth: Option<Authenticator>,
@@ -203,16 +204,16 @@ impl AppState {
             }
         }
         let upstreams: Vec<Arc<Upstream>> = upstreams.into_values().collect();
-        let route_labels = router
+        let route_metrics = router
             .routes()
             .iter()
-            .map(|r| crate::metrics::intern(&r.path))
+            .map(|r| crate::metrics::route(&r.path))
             .collect();
         Ok(AppState {
             config: Arc::new(config),
             router,
             targets,
-            route_labels,
+            route_metrics,
             hsts,
             auth,
             strip,

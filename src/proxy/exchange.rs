@@ -237,7 +237,7 @@ pub async fn exchange<S: BodySource + ?Sized>(
         match read_head(&mut taken.stream, timeout, upgrade, timer).await {
             Ok((buf, head_len, status)) => {
                 server.succeeded();
-                crate::metrics::upstream_latency(up.label, began.elapsed().as_secs_f64());
+                up.latency.observe(began.elapsed().as_secs_f64());
                 return Ok(Exchanged {
                     server: index,
                     stream: taken.stream,

@@ -21,6 +21,8 @@ pub struct Upstream {
     pub config: UpstreamConfig,
     /// The name as a metrics label.
     pub label: &'static str,
+    /// Time to the response head, resolved once.
+    pub latency: prometheus_client::metrics::histogram::Histogram,
     servers: Vec<Server>,
     next: AtomicUsize,
 }
@@ -125,6 +127,7 @@ impl Upstream {
             .collect();
         Upstream {
             label: crate::metrics::intern(&config.name),
+            latency: crate::metrics::upstream_latency(crate::metrics::intern(&config.name)),
             config: config.clone(),
             servers,
             next: AtomicUsize::new(0),
