@@ -232,7 +232,46 @@ fn summary(c: &Config) -> String {
         let _ = writeln!(out, "  {h} (http, {what})");
     }
     let _ = writeln!(out, "  health: {}", c.server.health_path);
+    match &c.admin {
+        Some(a) => {
+            let _ = writeln!(out, "  admin: {} (/metrics, /readyz)", a.listen);
+        }
+        None => {
+            let _ = writeln!(out, "  admin: off");
+        }
+    }
+    let _ = match &c.jwt {
+        Some(j) => writeln!(
+            out,
+            "auth: on ({} key(s){})",
+            j.keys.len(),
+            if j.trusted_issuers.is_empty() {
+                String::new()
+            } else {
+                format!(", {} trusted issuer(s)", j.trusted_issuers.len())
+            }
+        ),
+        None => writeln!(out, "auth: off (no [jwt])"),
+    };
     if let Some(t) = &c.tokens {
+        let _ = writeln!(
+            out,
+            "tokens: access {}, refresh {}, session at most {}",
+            humantime::format_duration(t.access_ttl),
+            humantime::format_duration(t.refresh_ttl),
+            humantime::format_duration(t.session_max)
+        );
+        let _ = match &t.credentials {
+            config::CredentialsConfig::UsersFile(path) => {
+                match gateway::tokens::credentials::Users::load(path) {
+                    Ok(u) => writeln!(out, "users: {} in {}", u.len(), path.display()),
+                    Err(_) => writeln!(out, "users: {} (unreadable)", path.display()),
+                }
+            }
+            config::CredentialsConfig::Upstream { upstream, path, .. } => {
+                writeln!(out, "users: checked by upstream {upstream} at {path}")
+            }
+        };
         let _ = writeln!(out, "token routes (answered by the gateway):");
         for (what, path) in [
             ("obtain", &t.obtain_path),

@@ -170,6 +170,8 @@ fn site_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("www")).unwrap();
     std::fs::write(dir.path().join("www/index.html"), INDEX_HTML).unwrap();
+    // The token routes' users file: no users.
+    std::fs::write(dir.path().join("users.toml"), "").unwrap();
     dir
 }
 

@@ -22,6 +22,33 @@ struct Report<'a> {
 }
 
 impl Report<'_> {
+    /// The span of `key` ("server.redirect_http", "routes[2].path") in
+    /// the file, or of the nearest table that holds it: problems found
+    /// after deserializing (between sections) still name the key's line.
+    fn locate(&self, key: &str) -> Option<Range<usize>> {
+        let doc = toml_edit::ImDocument::parse(self.text).ok()?;
+        let mut item: &toml_edit::Item = doc.as_item();
+        let mut best = None;
+        for part in key.split('.') {
+            let (name, index) = match part.split_once('[') {
+                Some((n, rest)) => (n, rest.trim_end_matches(']').parse::<usize>().ok()),
+                None => (part, None),
+            };
+            let Some(next) = item.get(name) else { break };
+            item = next;
+            if let Some(i) = index {
+                let Some(next) = item.get(i) else { break };
+                item = next;
+            }
+            best = item.span().or(best);
+            if let Some(t) = item.as_table() {
+                // A [table]'s own span may be absent; its header is not.
+                best = t.span().or(best);
+            }
+        }
+        best
+    }
+
     fn line_of(&self, span: Option<Range<usize>>) -> usize {
         match span {
             Some(r) => {
@@ -35,6 +62,7 @@ impl Report<'_> {
     }
 
     fn at(&mut self, span: Option<Range<usize>>, key: &str, msg: impl fmt::Display) {
+        let span = span.or_else(|| self.locate(key));
         let line = self.line_of(span);
         self.problems
             .push(format!("{}:{line}: {key}: {msg}", self.file));
@@ -61,7 +89,7 @@ pub(super) fn parse_and_validate(path: &Path, text: &str) -> Result<Config, Vec<
             } else {
                 key
             };
-            report.at(inner.span(), &key, inner.message().trim());
+            report.at(inner.span(), &key, plain(inner.message().trim()));
             return Err(report.problems);
         }
     };
@@ -71,6 +99,28 @@ pub(super) fn parse_and_validate(path: &Path, text: &str) -> Result<Config, Vec<
     } else {
         Err(report.problems)
     }
+}
+
+/// serde's type errors in plain words: "invalid type: string \"x\",
+/// expected usize" becomes "must be a whole number (got string \"x\")".
+fn plain(msg: &str) -> String {
+    let Some(rest) = msg.strip_prefix("invalid type: ") else {
+        return msg.to_string();
+    };
+    let Some((got, expected)) = rest.rsplit_once(", expected ") else {
+        return msg.to_string();
+    };
+    let want = match expected.trim() {
+        "usize" | "u64" | "u32" | "u16" | "u8" | "i64" | "i32" => "must be a whole number",
+        "a boolean" => "must be true or false",
+        "a string" | "a borrowed string" | "string" => "must be a string (in quotes)",
+        "a sequence" => "must be a list, e.g. [\"a\", \"b\"]",
+        "a map" | "struct" => "must be a table",
+        e if e.starts_with("struct ") => "must be a table",
+        e if e.contains("integer or a string") => "must be a whole number or a string",
+        _ => return msg.to_string(),
+    };
+    format!("{want} (got {got})")
 }
 
 fn validate(r: &mut Report, path: &Path, raw: RawConfig) -> Config {
@@ -305,6 +355,72 @@ fn validate_store(r: &mut Report, base: &Path, raw: Option<RawStore>) -> StoreCo
     }
 }
 
+fn validate_credentials(
+    r: &mut Report,
+    base: &Path,
+    credentials: Option<super::file::RawCredentials>,
+    upstreams: &BTreeMap<String, UpstreamConfig>,
+) -> CredentialsConfig {
+    let t_credentials = credentials;
+    match t_credentials {
+        None => CredentialsConfig::UsersFile(base.join("users.toml")),
+        Some(c) => match (c.users_file, c.upstream) {
+            (Some(f), Some(u)) => {
+                r.spanned(
+                    &u,
+                    "tokens.credentials.upstream",
+                    "use either users_file or upstream, not both",
+                );
+                CredentialsConfig::UsersFile(resolve(base, f.get_ref()))
+            }
+            (Some(f), None) => CredentialsConfig::UsersFile(resolve(base, f.get_ref())),
+            (None, Some(u)) => {
+                if !upstreams.contains_key(u.get_ref()) {
+                    let known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
+                    r.spanned(
+                        &u,
+                        "tokens.credentials.upstream",
+                        format!(
+                            "no upstream named {:?} (known: {})",
+                            u.get_ref(),
+                            known.join(", ")
+                        ),
+                    );
+                }
+                let path = match c.path {
+                    Some(p) if p.get_ref().starts_with('/') => p.into_inner(),
+                    Some(p) => {
+                        r.spanned(&p, "tokens.credentials.path", "must start with '/'");
+                        String::new()
+                    }
+                    None => "/internal/authenticate".to_string(),
+                };
+                CredentialsConfig::Upstream {
+                    upstream: u.into_inner(),
+                    path,
+                    timeout: c.timeout.map_or(Duration::from_secs(5), |d| d.0),
+                }
+            }
+            (None, None) => {
+                if let Some(p) = c.path.as_ref() {
+                    r.spanned(
+                        p,
+                        "tokens.credentials.path",
+                        "only applies with tokens.credentials.upstream",
+                    );
+                } else if c.timeout.is_some() {
+                    r.at(
+                        None,
+                        "tokens.credentials.timeout",
+                        "only applies with tokens.credentials.upstream",
+                    );
+                }
+                CredentialsConfig::UsersFile(base.join("users.toml"))
+            }
+        },
+    }
+}
+
 fn validate_tokens(
     r: &mut Report,
     base: &Path,
@@ -368,63 +484,20 @@ fn validate_tokens(
             "needs a signing key in [jwt] (secret or private_key)",
         );
     }
-    let credentials = match t.credentials {
-        None => CredentialsConfig::UsersFile(base.join("users.toml")),
-        Some(c) => match (c.users_file, c.upstream) {
-            (Some(f), Some(u)) => {
-                r.spanned(
-                    &u,
-                    "tokens.credentials.upstream",
-                    "use either users_file or upstream, not both",
-                );
-                CredentialsConfig::UsersFile(resolve(base, f.get_ref()))
-            }
-            (Some(f), None) => CredentialsConfig::UsersFile(resolve(base, f.get_ref())),
-            (None, Some(u)) => {
-                if !upstreams.contains_key(u.get_ref()) {
-                    let known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
-                    r.spanned(
-                        &u,
-                        "tokens.credentials.upstream",
-                        format!(
-                            "no upstream named {:?} (known: {})",
-                            u.get_ref(),
-                            known.join(", ")
-                        ),
-                    );
-                }
-                let path = match c.path {
-                    Some(p) if p.get_ref().starts_with('/') => p.into_inner(),
-                    Some(p) => {
-                        r.spanned(&p, "tokens.credentials.path", "must start with '/'");
-                        String::new()
-                    }
-                    None => "/internal/authenticate".to_string(),
-                };
-                CredentialsConfig::Upstream {
-                    upstream: u.into_inner(),
-                    path,
-                    timeout: c.timeout.map_or(Duration::from_secs(5), |d| d.0),
-                }
-            }
-            (None, None) => {
-                if let Some(p) = c.path.as_ref() {
-                    r.spanned(
-                        p,
-                        "tokens.credentials.path",
-                        "only applies with tokens.credentials.upstream",
-                    );
-                } else if c.timeout.is_some() {
-                    r.at(
-                        None,
-                        "tokens.credentials.timeout",
-                        "only applies with tokens.credentials.upstream",
-                    );
-                }
-                CredentialsConfig::UsersFile(base.join("users.toml"))
-            }
-        },
-    };
+    let credentials = validate_credentials(r, base, t.credentials, upstreams);
+    if let CredentialsConfig::UsersFile(path) = &credentials {
+        if !path.exists() {
+            r.at(
+                None,
+                "tokens.credentials.users_file",
+                format!(
+                    "{} does not exist (create it with `gateway user add NAME --users-file {}`)",
+                    path.display(),
+                    path.display()
+                ),
+            );
+        }
+    }
     let rl = t.rate_limit;
     let rate_limit = RateLimitConfig {
         per_user: rl.as_ref().and_then(|l| l.per_user).unwrap_or(5),
@@ -440,11 +513,21 @@ fn validate_tokens(
     };
     let access_ttl = t.access_ttl.map_or(Duration::from_secs(300), |d| d.0);
     let refresh_ttl = t.refresh_ttl.map_or(Duration::from_secs(86400), |d| d.0);
-    if access_ttl.is_zero() || refresh_ttl.is_zero() {
+    if access_ttl.is_zero() {
+        r.at(None, "tokens.access_ttl", "must be longer than zero");
+    }
+    if refresh_ttl.is_zero() {
+        r.at(None, "tokens.refresh_ttl", "must be longer than zero");
+    }
+    if !refresh_ttl.is_zero() && access_ttl > refresh_ttl {
         r.at(
             None,
             "tokens.access_ttl",
-            "token lifetimes must be longer than zero",
+            format!(
+                "{} is longer than tokens.refresh_ttl ({}): an access token would outlive the refresh token that renews it",
+                humantime::format_duration(access_ttl),
+                humantime::format_duration(refresh_ttl)
+            ),
         );
     }
     TokensConfig {
@@ -940,12 +1023,19 @@ fn validate_policy(r: &mut Report, route: &RawRoute, has_jwt: bool, key: &str) -
         let mut out = Vec::new();
         for (j, m) in ms.iter().enumerate() {
             let name = m.get_ref().trim().to_ascii_uppercase();
+            const KNOWN: [&str; 9] = [
+                "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT",
+            ];
             match http::Method::from_bytes(name.as_bytes()) {
-                Ok(method) if !name.is_empty() => out.push(method),
+                Ok(method) if KNOWN.contains(&name.as_str()) => out.push(method),
                 _ => r.spanned(
                     m,
                     &format!("{key}.methods[{j}]"),
-                    format!("invalid HTTP method {:?}", m.get_ref()),
+                    format!(
+                        "unknown HTTP method {:?} (expected one of {})",
+                        m.get_ref(),
+                        KNOWN.join(", ")
+                    ),
                 ),
             }
         }
@@ -1405,6 +1495,84 @@ mod tests {
             ),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn cross_section_problems_name_the_keys_line() {
+        let text = "[server]\nlisten = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\nredirect_http = true\n\n[upstreams.app]\nurl = \"http://127.0.0.1:9\"\n\n[[routes]]\npath = \"/a/\"\nupstream = \"app\"\n\n[[routes]]\npath = \"/a/\"\nupstream = \"app\"\nmethods = [\"GTE\"]\n";
+        let e = load(text).unwrap_err();
+        assert!(
+            e.contains(
+                &"gw.toml:4: server.redirect_http: needs a [tls] section (nothing to redirect to)"
+                    .to_string()
+            ),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|p| p.starts_with("gw.toml:14: routes[1].path: duplicate route path")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|p| p
+                    .starts_with("gw.toml:16: routes[1].methods[0]: unknown HTTP method \"GTE\"")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn token_lifetimes_are_checked_at_their_keys() {
+        let jwt =
+            "[jwt]\nalgorithm = \"HS256\"\nsecret = \"0123456789abcdef0123456789abcdef0123\"\n";
+        let e = load(&format!(
+            "{jwt}[tokens]\naccess_ttl = \"2h\"\nrefresh_ttl = \"1h\"\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.iter().any(|p| p
+                .starts_with("gw.toml:5: tokens.access_ttl: 2h is longer than tokens.refresh_ttl")),
+            "{e:?}"
+        );
+        let e = load(&format!("{jwt}[tokens]\nrefresh_ttl = \"0s\"\n")).unwrap_err();
+        assert!(
+            e.iter()
+                .any(|p| p == "gw.toml:5: tokens.refresh_ttl: must be longer than zero"),
+            "{e:?}"
+        );
+        let e = load(&format!("{jwt}[tokens]\naccess_ttl = \"5M\"\n")).unwrap_err();
+        assert!(
+            e[0].starts_with("gw.toml:5: tokens.access_ttl: invalid duration \"5M\""),
+            "{e:?}"
+        );
+        // And the users file that is not there.
+        assert!(
+            e.len() == 1 || e.iter().any(|p| p.contains("users_file")),
+            "{e:?}"
+        );
+        let e = load(&format!("{jwt}[tokens]\n")).unwrap_err();
+        assert!(
+            e.iter()
+                .any(|p| p.contains("tokens.credentials.users_file:")
+                    && p.contains("does not exist")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn type_errors_speak_plainly() {
+        let e = load("[server]\nmax_connections = \"many\"\n").unwrap_err();
+        assert_eq!(
+            e,
+            vec!["gw.toml:2: server.max_connections: must be a whole number (got string \"many\")"]
+        );
+        let e = load("[server]\ntrusted_proxies = \"10.0.0.0/8\"\n").unwrap_err();
+        assert!(
+            e[0].starts_with("gw.toml:2: server.trusted_proxies: must be a list"),
+            "{e:?}"
+        );
+        let e = load("[server]\nredirect_http = \"yes\"\n").unwrap_err();
+        assert!(e[0].contains("must be true or false"), "{e:?}");
     }
 
     #[test]

@@ -22,11 +22,48 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
-/// Parses "500ms", "30s", "5m", "1h", "1d" (and combinations humantime knows).
+/// Parses "500ms", "30s", "5m", "1h", "1d" and sums of them ("1h30m").
+/// Only these units: months, years and anything a human could misread
+/// ("5M": minutes or months?) are refused.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim()).map_err(|e| {
-        format!("invalid duration {s:?} ({e}); write it as \"500ms\", \"30s\", \"5m\", \"1h\" or \"1d\"")
-    })
+    let bad = |why: &str| {
+        format!(
+            "invalid duration {s:?} ({why}); write it as \"500ms\", \"30s\", \"5m\", \"1h\" or \"1d\" (units ms, s, m, h, d)"
+        )
+    };
+    let text = s.trim();
+    if text.is_empty() {
+        return Err(bad("empty"));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        if digits == 0 {
+            return Err(bad("expected a number"));
+        }
+        let n: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| bad("number too large"))?;
+        rest = rest[digits..].trim_start();
+        let unit_len = rest.len()
+            - rest
+                .trim_start_matches(|c: char| c.is_ascii_alphabetic())
+                .len();
+        let unit = &rest[..unit_len];
+        rest = rest[unit_len..].trim_start();
+        let part = match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            "d" => Duration::from_secs(n.saturating_mul(86400)),
+            "" => return Err(bad("a unit is needed")),
+            other => return Err(bad(&format!("unknown unit {other:?}"))),
+        };
+        total = total.saturating_add(part);
+    }
+    Ok(total)
 }
 
 /// A byte count: an integer, or a string such as "512", "16KiB", "10MiB".
@@ -124,6 +161,12 @@ mod tests {
         assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86400)));
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("").is_err());
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        for misread in ["5M", "1y", "2months", "3w", "10", "5 min", "1.5h"] {
+            let e = parse_duration(misread).unwrap_err();
+            assert!(e.contains("units ms, s, m, h, d"), "{misread}: {e}");
+        }
     }
 
     #[test]

@@ -813,6 +813,8 @@ pub async fn start_gateway(
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("www")).unwrap();
     std::fs::write(dir.path().join("www/hello.txt"), FILE).unwrap();
+    // For configs with [tokens]: a users file with no users.
+    std::fs::write(dir.path().join("users.toml"), "").unwrap();
     Gateway::start_in(dir, &config(upstream_url, server, upstream, rest)).await
 }
 

@@ -41,6 +41,8 @@ def test_guide_config_passes_gateway_check(text, tmp_path):
     )
     config = etc / "gateway.toml"
     config.write_text(text)
+    # The guide creates the users file (gateway user import-django) first.
+    (etc / "users.toml").write_text("")
     r = subprocess.run(
         [gateway_bin(), "check", "--config", str(config)], capture_output=True, text=True, timeout=60,
         env=dict(os.environ, DJANGO_SECRET_KEY="a-secret-of-reasonable-length-for-hs256"), stdin=subprocess.DEVNULL,
