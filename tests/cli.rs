@@ -178,6 +178,27 @@ fn check_the_shipped_example() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 }
 
+/// The ready configs of examples/django pass `check`, with the secret
+/// variable the docs name and the users file stage 3 imports.
+#[test]
+fn check_the_django_example_configs() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/django");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all("/tmp/example-static").unwrap();
+    for stage in ["gateway-stage2.toml", "gateway-stage3.toml"] {
+        let text = std::fs::read_to_string(root.join(stage)).unwrap();
+        std::fs::write(dir.path().join(stage), text).unwrap();
+        std::fs::write(dir.path().join("users.toml"), "").unwrap();
+        let o = Command::new(BIN)
+            .args(["check", "--config", stage])
+            .current_dir(dir.path())
+            .env("JWT_SIGNING_KEY", "a-secret-of-reasonable-length-for-hs256")
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{stage}: {}", stderr(&o));
+    }
+}
+
 /// Runs `check` on `toml` as ./gateway.toml; returns (code, stderr).
 fn check_error(toml: &str) -> (Option<i32>, String, String) {
     let dir = tempfile::tempdir().unwrap();

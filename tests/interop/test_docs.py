@@ -45,7 +45,7 @@ def test_guide_config_passes_gateway_check(text, tmp_path):
     (etc / "users.toml").write_text("")
     r = subprocess.run(
         [gateway_bin(), "check", "--config", str(config)], capture_output=True, text=True, timeout=60,
-        env=dict(os.environ, DJANGO_SECRET_KEY="a-secret-of-reasonable-length-for-hs256"), stdin=subprocess.DEVNULL,
+        env=dict(os.environ, JWT_SIGNING_KEY="a-secret-of-reasonable-length-for-hs256"), stdin=subprocess.DEVNULL,
     )
     assert r.returncode == 0, f"{r.stdout}\n{r.stderr}\n{text}"
     assert "OK" in r.stdout

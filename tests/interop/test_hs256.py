@@ -72,7 +72,7 @@ auth = "optional"
 JWT_HS256 = """
 [jwt]
 algorithm = "HS256"
-secret = "env:GATEWAY_JWT_SECRET"   # = Django's SIGNING_KEY (its SECRET_KEY here)
+secret = "env:JWT_SIGNING_KEY"   # = Django's SIGNING_KEY (its SECRET_KEY here)
 user_id_claim = "user_id"
 
 [identity]
@@ -93,7 +93,7 @@ def app(django_site, tmp_path_factory):
 
 
 def gateway_env(site):
-    return {"GATEWAY_JWT_SECRET": site["env"]["DJANGO_SECRET_KEY"]}
+    return {"JWT_SIGNING_KEY": site["env"]["DJANGO_SECRET_KEY"]}
 
 
 def paths(app, site, tmp):
