@@ -64,6 +64,10 @@ pub fn venv_python() -> PathBuf {
     }
     fs::create_dir_all(root.join("target")).unwrap();
     let log = root.join("target").join("interop-venv-setup.log");
+    say(&format!(
+        "interop tests: creating the Python virtualenv {} (once; python3 with its venv module)",
+        venv.display()
+    ));
 
     let (ok, out) = run_bounded(
         Command::new("python3")
@@ -78,6 +82,10 @@ pub fn venv_python() -> PathBuf {
          and ensurepip: on Debian/Ubuntu install the package python3-venv \
          (apt-get install python3-venv).\n{out}",
         venv.display()
+    );
+    say(
+        "interop tests: installing Django, DRF, simplejwt, gunicorn, pytest and prometheus-client \
+         from PyPI into it (about a minute, once)",
     );
     let (ok, out) = run_bounded(
         Command::new(&python)
@@ -101,5 +109,13 @@ pub fn venv_python() -> PathBuf {
         venv.display()
     );
     fs::write(&stamp_path, &stamp).unwrap();
+    say("interop tests: virtualenv ready");
     python
+}
+
+/// Straight to stderr: libtest captures `eprintln!`, not writes to the
+/// stream itself, so `cargo test` shows what the long setup is doing.
+fn say(msg: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{msg}");
 }
