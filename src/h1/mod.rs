@@ -186,7 +186,7 @@ pub(crate) async fn serve<IO: ClientIo>(mut io: IO, env: Env<'_>) -> Outcome<IO>
         let request_id = log.then(|| decision.request_id.as_str().to_string());
         let draining = *env.shutdown.borrow();
         let (route, began) = (decision.route, Instant::now());
-        let user_id = decision.user_id.take();
+        let identity = decision.identity.take();
         // Boxed: the request's state is large, and an idle connection
         // should not carry it.
         let served = Box::pin(execute(
@@ -205,7 +205,7 @@ pub(crate) async fn serve<IO: ClientIo>(mut io: IO, env: Env<'_>) -> Outcome<IO>
                 start,
                 upstream_time: served.upstream_time,
                 upstream: served.upstream,
-                user_id,
+                user_id: identity.map(|i| i.user_id().to_string()),
                 tls: env.conn.tls_version,
                 error: served.error,
             }
@@ -361,7 +361,7 @@ async fn execute<IO: ClientIo>(
         framing,
         path,
         route: _,
-        user_id: _,
+        identity: _,
     } = decision;
     buf.drain(..head_len);
     let reply = Reply {

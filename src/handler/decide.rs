@@ -112,7 +112,7 @@ impl AppState {
             },
             path: None,
             route: crate::metrics::route_none(),
-            user_id: None,
+            identity: None,
         };
         let refuse = |mut d: Decision, err: GatewayError| {
             d.action = Action::Answer(Box::new(response::error_response(&err)));
@@ -373,7 +373,7 @@ impl AppState {
             }
             Ok(Some(id)) => {
                 crate::metrics::auth("ok");
-                decision.user_id = Some(id.user_id().to_string());
+                decision.identity = Some(id.clone());
                 if let Action::Proxy(plan) = &mut decision.action {
                     plan.head.extend_from_slice(id.rendered(|id| {
                         let mut lines = Vec::new();

@@ -77,7 +77,11 @@ pub async fn handle(
         start,
         upstream_time: None,
         upstream: None,
-        user_id: if log { decision.user_id.clone() } else { None },
+        user_id: if log {
+            decision.identity.as_ref().map(|i| i.user_id().to_string())
+        } else {
+            None
+        },
         tls: conn.tls_version,
         error: None,
     };

@@ -143,8 +143,8 @@ pub(crate) struct Decision {
     pub path: Option<String>,
     /// The route's metrics label: its config path, "tokens", or "none".
     pub route: &'static crate::metrics::RouteMetrics,
-    /// The authenticated user, for the access log.
-    pub user_id: Option<String>,
+    /// The verified identity (shared, not copied), for the access log.
+    pub identity: Option<crate::auth::Identity>,
 }
 
 /// Counts an answered request in the metrics (`route`: the decision's);
