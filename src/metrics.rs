@@ -73,7 +73,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     );
     registry.register(
         "request_duration_seconds",
-        "Time from the request head to the end of the response head, by route",
+        "Time from the request head until the response has been sent, by route",
         m.request_seconds.clone(),
     );
     registry.register(
@@ -187,6 +187,12 @@ pub struct RouteMetrics {
     latency: Histogram,
 }
 
+impl std::fmt::Debug for RouteMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label)
+    }
+}
+
 static ROUTES: LazyLock<Mutex<HashMap<&'static str, &'static RouteMetrics>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
 
@@ -213,7 +219,7 @@ fn new_route(label: &'static str) -> RouteMetrics {
     }
 }
 
-/// One answered request.
+/// One request, once its response has been sent.
 pub fn request(route: &RouteMetrics, method: &http::Method, status: u16, seconds: f64) {
     let (m, c) = (method_index(method), class_index(status));
     route.counters[m * CLASSES.len() + c]

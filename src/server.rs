@@ -552,7 +552,8 @@ async fn drive<IO>(
                 let log = **shared.access_log.load();
                 let (resp, record) = handler::handle(app, &conn_info, req, log).await;
                 let finish = Finish {
-                    record: log.then_some(record),
+                    record,
+                    log,
                     bytes: 0,
                     activity,
                 };
@@ -661,15 +662,18 @@ struct Done {
 }
 
 struct Finish {
-    record: Option<AccessRecord>,
+    record: AccessRecord,
+    log: bool,
     bytes: u64,
     activity: Arc<Activity>,
 }
 
 impl Drop for Finish {
     fn drop(&mut self) {
-        if let Some(record) = self.record.take() {
-            record.log(self.bytes);
+        let r = &self.record;
+        handler::observe(r.route, &r.method, r.status, r.start);
+        if self.log {
+            r.log(self.bytes);
         }
         self.activity.request_finished();
     }

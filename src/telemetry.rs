@@ -91,6 +91,9 @@ impl RequestInfo {
 /// One request's facts, collected along the path and logged at the end.
 #[derive(Debug)]
 pub struct AccessRecord {
+    /// The route's metrics: every request is counted there when it ends,
+    /// logged or not.
+    pub route: &'static crate::metrics::RouteMetrics,
     pub peer: SocketAddr,
     pub method: http::Method,
     pub info: RequestInfo,

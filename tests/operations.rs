@@ -318,6 +318,12 @@ async fn metrics_parse_and_count_the_requests_sent() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    // Counted when the response has been sent whole.
+    let _ = http_body_util::BodyExt::collect(r.into_body())
+        .await
+        .unwrap();
+    drop(h2);
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let text = scrape(&gw).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("metrics.txt");

@@ -176,16 +176,17 @@ pub(crate) async fn serve<IO: ClientIo>(mut io: IO, env: Env<'_>) -> Outcome<IO>
             }
         };
         let (step, method, request, info) = step;
+        let began = Instant::now();
         // Boxed: a token verification's state is large.
         let mut decision = match step {
             Step::Ready(d) => d,
             step @ Step::Verify(_) => Box::pin(step.resolve()).await,
         };
         env.activity.request_started();
-        let start = log.then(Instant::now);
+        let start = log.then_some(began);
         let request_id = log.then(|| decision.request_id.as_str().to_string());
         let draining = *env.shutdown.borrow();
-        let (route, began) = (decision.route, Instant::now());
+        let route = decision.route;
         let identity = decision.identity.take();
         // Boxed: the request's state is large, and an idle connection
         // should not carry it.
@@ -197,6 +198,7 @@ pub(crate) async fn serve<IO: ClientIo>(mut io: IO, env: Env<'_>) -> Outcome<IO>
         crate::handler::observe(route, &method, served.status, began);
         if let (Some(start), Some(request_id)) = (start, request_id) {
             AccessRecord {
+                route,
                 peer: env.conn.peer,
                 method,
                 info,

@@ -47,6 +47,7 @@ pub async fn handle(
     };
     let decision = step.resolve().await;
     let mut record = AccessRecord {
+        route: decision.route,
         peer: conn.peer,
         method: req.method().clone(),
         // Only paid for when the access log is on.
@@ -175,7 +176,6 @@ pub async fn handle(
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     record.status = resp.status().as_u16();
-    super::observe(decision.route, &record.method, record.status, start);
     (resp, record)
 }
 

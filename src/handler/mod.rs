@@ -147,8 +147,8 @@ pub(crate) struct Decision {
     pub identity: Option<crate::auth::Identity>,
 }
 
-/// Counts an answered request in the metrics (`route`: the decision's);
-/// both executors call it once the response status is known.
+/// Counts a request in the metrics (`route`: the decision's); both
+/// executors call it once the response has been sent (or abandoned).
 pub(crate) fn observe(
     route: &crate::metrics::RouteMetrics,
     method: &http::Method,
