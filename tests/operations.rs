@@ -561,3 +561,48 @@ async fn gunicorn_killed_under_load_and_restarted() {
         g.log_text()
     );
 }
+
+/// An upstream that answers garbage: 502, counted as a bad response of
+/// that server, on the raw HTTP/1.1 path and on hyper's (HTTP/2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_garbage_answer_is_a_bad_response() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(b"HTTP/1.1 2OO OK\r\nx: y\r\n\r\n").await;
+            });
+        }
+    });
+    let gw = Gateway::start(&config(&[format!("http://{addr}")], "")).await;
+    assert_eq!(get(&gw, "/").await.0, 502);
+    let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let r = h2
+        .send_request(
+            req("GET", &format!("http://{}/", gw.addr))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let m = scrape(&gw).await;
+    let key = format!(
+        "gateway_upstream_errors_total{{upstream=\"app\",server=\"{addr}\",kind=\"bad_response\"}}"
+    );
+    assert_eq!(sample(&m, &key), Some(2.0), "{m}");
+}

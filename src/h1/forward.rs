@@ -128,6 +128,10 @@ pub(super) async fn proxy<IO: ClientIo>(
             keep: done.client_ok && !reply.close,
         },
         Err(e) => {
+            // A response head the parser refused (nothing was sent yet).
+            if e.kind() == std::io::ErrorKind::InvalidData {
+                crate::metrics::upstream_error(name, used, "bad_response");
+            }
             let err = ProxyError::Upstream {
                 upstream: name.clone(),
                 source: e.into(),

@@ -265,7 +265,12 @@ pub async fn exchange<S: BodySource + ?Sized>(
             }
             Err(HeadError::Io(e)) => {
                 server.failed(&up.config);
-                crate::metrics::upstream_error(name, server.label, "reset");
+                let kind = if e.kind() == io::ErrorKind::InvalidData {
+                    "bad_response"
+                } else {
+                    "reset"
+                };
+                crate::metrics::upstream_error(name, server.label, kind);
                 return Err(Failed::new(upstream_err(name, e), false));
             }
             Err(HeadError::Timeout) => {

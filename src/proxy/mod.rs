@@ -167,9 +167,12 @@ pub async fn forward(
         return Err(ProxyError::NoHealthyServer);
     };
     let (pool, used) = (server.pool.clone(), server.label);
-    let mut resp = h1client::response(got, is_head, &pool).map_err(|e| ProxyError::Upstream {
-        upstream: name.clone(),
-        source: e.into(),
+    let mut resp = h1client::response(got, is_head, &pool).map_err(|e| {
+        crate::metrics::upstream_error(name, used, "bad_response");
+        ProxyError::Upstream {
+            upstream: name.clone(),
+            source: e.into(),
+        }
     })?;
     resp.extensions_mut().insert(UsedServer(used));
     Ok(resp)
