@@ -293,12 +293,18 @@ async fn least_conn_prefers_the_idle_server() {
 #[tokio::test]
 async fn metrics_parse_and_count_the_requests_sent() {
     let app = Backend::start("app").await;
-    let gw = Gateway::start(&config(&[app.url()], "")).await;
+    // Labels of their own: the registry is per process, and `cargo test`
+    // runs this file's tests in one process.
+    let toml = config(&[app.url()], "")
+        .replace("[upstreams.app]", "[upstreams.counted]")
+        .replace("upstream = \"app\"", "upstream = \"counted\"")
+        .replace("path = \"/\"", "path = \"/counted/\"");
+    let gw = Gateway::start(&toml).await;
     for _ in 0..7 {
-        assert_eq!(get(&gw, "/a").await.0, 200);
+        assert_eq!(get(&gw, "/counted/a").await.0, 200);
     }
     for _ in 0..3 {
-        assert_eq!(post(&gw, "/b").await.0, 200);
+        assert_eq!(post(&gw, "/counted/b").await.0, 200);
     }
     // HTTP/2 (hyper's path) counts the same way.
     let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
@@ -311,7 +317,7 @@ async fn metrics_parse_and_count_the_requests_sent() {
     tokio::spawn(conn);
     let r = h2
         .send_request(
-            req("GET", &format!("http://{}/c", gw.addr))
+            req("GET", &format!("http://{}/counted/c", gw.addr))
                 .body(Full::new(Bytes::new()))
                 .unwrap(),
         )
@@ -355,7 +361,7 @@ print(json.dumps(out))
     assert_eq!(
         get_sample(
             "gateway_requests_total",
-            r#"{"method": "GET", "route": "/", "status": "2xx"}"#
+            r#"{"method": "GET", "route": "/counted/", "status": "2xx"}"#
         ),
         Some(8.0),
         "{samples:?}"
@@ -363,25 +369,25 @@ print(json.dumps(out))
     assert_eq!(
         get_sample(
             "gateway_requests_total",
-            r#"{"method": "POST", "route": "/", "status": "2xx"}"#
+            r#"{"method": "POST", "route": "/counted/", "status": "2xx"}"#
         ),
         Some(3.0)
     );
     assert_eq!(
         get_sample(
             "gateway_request_duration_seconds_count",
-            r#"{"route": "/"}"#
+            r#"{"route": "/counted/"}"#
         ),
         Some(11.0)
     );
     assert_eq!(
         get_sample(
             "gateway_upstream_duration_seconds_count",
-            r#"{"upstream": "app"}"#
+            r#"{"upstream": "counted"}"#
         ),
         Some(11.0)
     );
-    let up = format!(r#"{{"server": "{}", "upstream": "app"}}"#, app.addr);
+    let up = format!(r#"{{"server": "{}", "upstream": "counted"}}"#, app.addr);
     assert_eq!(get_sample("gateway_upstream_server_up", &up), Some(1.0));
     assert!(samples
         .keys()
