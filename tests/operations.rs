@@ -612,3 +612,70 @@ async fn a_garbage_answer_is_a_bad_response() {
     );
     assert_eq!(sample(&m, &key), Some(2.0), "{m}");
 }
+
+/// An upstream that writes a stray, unsolicited response on a connection
+/// after answering: the idle pooled connection holding it is discarded, so
+/// the stray answer is never served to a later request, on the raw
+/// HTTP/1.1 path or on hyper's (HTTP/2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stray_upstream_response_is_never_served() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let n = count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                if s.read(&mut buf).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                let body = format!("conn{n}");
+                let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
+                let _ = s.write_all(format!("{head}{body}").as_bytes()).await;
+                // Unasked for, once the connection sits idle in the pool.
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nSTRAY")
+                    .await;
+                let _ = s.read(&mut buf).await;
+            });
+        }
+    });
+    let gw = Gateway::start(&config(&[format!("http://{addr}")], "")).await;
+    for i in 0..3 {
+        let (status, body) = get(&gw, "/").await;
+        assert_eq!(status, 200);
+        assert_eq!(body, format!("conn{i}"), "request {i} got another answer");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let r = h2
+        .send_request(
+            req("GET", &format!("http://{}/", gw.addr))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let body = http_body_util::BodyExt::collect(r.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(body, "conn3", "HTTP/2 got another answer");
+    assert_eq!(accepted.load(Ordering::SeqCst), 4);
+}

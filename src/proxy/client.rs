@@ -57,12 +57,18 @@ impl Stream {
     /// end-of-stream and no stray bytes are waiting on it. One
     /// non-blocking read, no wait.
     pub(crate) fn is_reusable(&self) -> bool {
+        use rustix::net::{recv, RecvFlags};
         let mut probe = [0u8; 1];
+        // SECURITY: the kernel is asked (a non-blocking peek), not the
+        // reactor's cached readiness: bytes that arrived since the last
+        // read (a stray response) may not have reached the reactor yet,
+        // and would be read as the next request's answer.
+        let flags = RecvFlags::PEEK | RecvFlags::DONTWAIT;
         let r = match self {
-            Stream::Tcp(s) => s.try_read(&mut probe),
-            Stream::Unix(s) => s.try_read(&mut probe),
+            Stream::Tcp(s) => recv(s, &mut probe[..], flags),
+            Stream::Unix(s) => recv(s, &mut probe[..], flags),
         };
-        matches!(r, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        matches!(r, Err(e) if e == rustix::io::Errno::AGAIN)
     }
 }
 
