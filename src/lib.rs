@@ -36,11 +36,13 @@
 //!   ([`body`] has the body type and constructors every module shares).
 //! - [`telemetry`] sets up logging and writes the access-log line.
 //! - [`config`] loads and validates the TOML file before anything binds.
-//! - Ground floor, importing nothing of the crate: [`wire`] (the HTTP/1
+//! - Ground floor, importing nothing of the crate: [`alloc`] (returns
+//!   freed memory after bursts), [`wire`] (the HTTP/1
 //!   codec: header names, heads, framing facts, the chunked scanner),
 //!   [`clock`], [`path`], [`body`].
 
 pub mod admin;
+pub mod alloc;
 pub mod auth;
 pub mod body;
 pub mod clock;

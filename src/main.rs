@@ -82,6 +82,7 @@ fn serve(path: &std::path::Path) -> ExitCode {
         }
     };
     telemetry::init(&config.log);
+    raise_descriptor_limit(config.server.max_connections);
     // One worker: a single-threaded scheduler does the same work with fewer
     // atomics and no work-stealing bookkeeping (as one nginx worker).
     let mut rt = if config.server.workers == 1 {
@@ -107,6 +108,35 @@ fn serve(path: &std::path::Path) -> ExitCode {
             eprintln!("gateway: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Raises the soft limit on open files to the hard one (as Go and nginx's
+/// `worker_rlimit_nofile` do): a distribution's 1,024 default would cap
+/// `max_connections` at about 500 proxied connections, each needing a
+/// client and an upstream descriptor. Warns when even the hard limit is
+/// short of that.
+fn raise_descriptor_limit(max_connections: usize) {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if let Some(hard) = limit.maximum {
+        if limit.current.is_some_and(|soft| soft < hard) {
+            limit.current = Some(hard);
+            if let Err(e) = setrlimit(Resource::Nofile, limit) {
+                tracing::warn!(error = %e, "cannot raise the open-file limit");
+            }
+        }
+    }
+    let soft = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    let needed = u64::try_from(max_connections)
+        .unwrap_or(u64::MAX)
+        .saturating_mul(2);
+    if soft < needed {
+        tracing::warn!(
+            open_files = soft,
+            max_connections,
+            "the open-file limit is below 2 x max_connections: raise it (ulimit -n) or lower max_connections"
+        );
     }
 }
 

@@ -9,7 +9,9 @@
 //! 1. `%XX` of an unreserved character (`A-Z a-z 0-9 - . _ ~`) is decoded;
 //!    every other escape is kept, its hex digits uppercased.
 //! 2. Repeated slashes are merged.
-//! 3. `%00` is refused; `.`/`..` segments (in any spelling, `\` counted as
+//! 3. `%00` is refused; so is a path whose escapes do not decode to UTF-8
+//!    (overlong forms such as `%C0%AF` for `/` are how old decoders were
+//!    tricked into seeing separators and dots); `.`/`..` segments (in any spelling, `\` counted as
 //!    a separator) are refused; an escape that is not `%` + two hex digits
 //!    is refused.
 //! 4. An encoded `/` or `\` (`%2F`, `%5C`), or a raw `\`, is kept as it is
@@ -34,6 +36,9 @@ pub enum PathError {
     /// `%` not followed by two hex digits.
     #[error("invalid percent-escape in the path")]
     BadEscape,
+    /// Escapes that do not decode to UTF-8 (`%C0%AF`, `%FF`).
+    #[error("path is not UTF-8 once decoded")]
+    NotUtf8,
     /// A request target that is not an absolute path (`*`, an authority).
     #[error("request target is not a path")]
     NotAPath,
@@ -107,6 +112,7 @@ pub fn normalize(raw: &str) -> Result<Normal<'_>, PathError> {
     }
     let mut out = String::with_capacity(raw.len());
     let mut encoded_slash = false;
+    let mut high_escape = false;
     let mut i = 0;
     while i < b.len() {
         let c = b[i];
@@ -126,6 +132,7 @@ pub fn normalize(raw: &str) -> Result<Normal<'_>, PathError> {
                     out.push(char::from(v));
                 } else {
                     encoded_slash |= v == b'/' || v == b'\\';
+                    high_escape |= v >= 0x80;
                     out.push('%');
                     out.push(char::from(HEX[usize::from(hi)]));
                     out.push(char::from(HEX[usize::from(lo)]));
@@ -149,10 +156,19 @@ pub fn normalize(raw: &str) -> Result<Normal<'_>, PathError> {
     if has_dot_segment(&out) {
         return Err(PathError::DotSegment);
     }
+    if high_escape && !decodes_to_utf8(&out) {
+        return Err(PathError::NotUtf8);
+    }
     Ok(Normal {
         path: Cow::Owned(out),
         encoded_slash,
     })
+}
+
+/// Whether `path` with every `%XX` decoded is valid UTF-8 (Rust's decoder
+/// refuses overlong forms and surrogates).
+fn decodes_to_utf8(path: &str) -> bool {
+    std::str::from_utf8(&percent_encoding::percent_decode_str(path).collect::<Vec<u8>>()).is_ok()
 }
 
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
@@ -194,6 +210,23 @@ mod tests {
         assert_eq!(norm("/caf%c3%a9").unwrap(), "/caf%C3%A9");
         assert_eq!(norm("/a%20b").unwrap(), "/a%20b");
         assert_eq!(norm("/q%3fx").unwrap(), "/q%3Fx");
+    }
+
+    #[test]
+    fn escapes_must_decode_to_utf8() {
+        // Overlong `/` and `.`, a lone continuation byte, a surrogate.
+        for p in [
+            "/%C0%AFadmin",
+            "/api/%c0%ae%c0%ae/x",
+            "/%FF",
+            "/a%80",
+            "/%ED%A0%80",
+        ] {
+            assert_eq!(norm(p), Err(PathError::NotUtf8), "{p}");
+        }
+        // Real UTF-8, escaped or not, passes untouched.
+        assert_eq!(norm("/caf%C3%A9").unwrap(), "/caf%C3%A9");
+        assert_eq!(norm("/café/%E2%82%AC").unwrap(), "/café/%E2%82%AC");
     }
 
     #[test]

@@ -72,10 +72,26 @@ impl Listeners {
     }
 }
 
+/// The accept queue: Rust's default of 128 overflows under a burst of new
+/// connections (the kernel then resets them, or drops their SYNs and the
+/// clients wait a second to retry). The kernel caps it at
+/// `net.core.somaxconn` (4096 on current kernels).
+const BACKLOG: u32 = 4096;
+
 async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+    let listen = || {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // As every server: a restart may bind while old connections are
+        // in TIME_WAIT.
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(BACKLOG)
+    };
+    listen().map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +163,10 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<ServerHandle,
     // With port 0 in the config (tests), redirect to the port really bound.
     let redirect_port = redirect_port.map(|p| if p == 0 { main_addr.port() } else { p });
     let limit = Arc::new(Semaphore::new(s.max_connections));
+    tokio::spawn(crate::alloc::trim_after_bursts(
+        limit.clone(),
+        s.max_connections,
+    ));
     let shutdown_grace = s.shutdown_grace;
     let drain_delay = s.drain_delay;
     let max_header_bytes = s.max_header_bytes.max(8192);
