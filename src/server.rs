@@ -694,6 +694,8 @@ impl Drop for Finish {
         handler::observe(r.route, &r.method, r.status, r.start);
         if self.log {
             r.log(self.bytes);
+        } else {
+            crate::telemetry::failed(&r.method, r.status, r.error.as_deref());
         }
         self.activity.request_finished();
     }

@@ -123,6 +123,8 @@ impl AccessRecord {
     /// absent values are left out.
     pub fn log(&self, bytes: u64) {
         if COMBINED.load(Ordering::Relaxed) {
+            // The combined line has no room for the cause: stderr has it.
+            failed(&self.method, self.status, self.error.as_deref());
             return self.combined(bytes);
         }
         let total_ms = ms(self.start.elapsed());
@@ -179,6 +181,15 @@ impl AccessRecord {
             quote(i.user_agent.as_deref()),
         );
         let _ = std::io::stdout().lock().write_all(line.as_bytes());
+    }
+}
+
+/// A request the gateway failed (5xx with a cause: upstream unreachable,
+/// store unavailable) is logged even with the access log off or in the
+/// combined format, as nginx's error log would: an operator must see why.
+pub fn failed(method: &http::Method, status: u16, error: Option<&str>) {
+    if let Some(error) = error.filter(|_| status >= 500) {
+        tracing::warn!(%method, status, error, "request failed");
     }
 }
 

@@ -1450,6 +1450,37 @@ async fn trusted_issuer_failed_fetch_keeps_last_good_set() {
     assert!(eventually(Duration::from_secs(10), || idp.jwks.fetches() >= n + 2).await);
     // A fresh token (not in the cache) still verifies with the kept key.
     assert_control(&idp.env, &idp_token("k1", &k1, json!({}))).await;
+    // Garbage served with a 200: not a key set, so the last good one stays.
+    idp.jwks
+        .status
+        .store(200, std::sync::atomic::Ordering::SeqCst);
+    for garbage in [
+        "<html>maintenance</html>".to_string(),
+        r#"{"keys": "none"}"#.to_string(),
+        r#"{"keys": [{"kty": "EC", "crv": "P-256", "kid": "k1", "x": "!!", "y": "??"}]}"#
+            .to_string(),
+        "{".repeat(100_000),
+    ] {
+        idp.jwks.set(garbage);
+        let n = idp.jwks.fetches();
+        assert!(eventually(Duration::from_secs(10), || idp.jwks.fetches() >= n + 2).await);
+        assert_control(&idp.env, &idp_token("k1", &k1, json!({}))).await;
+    }
+    // The provider back with a rotated set: picked up without a restart.
+    let k2 = jwt::ec_p256();
+    idp.jwks.set(jwt::ec_jwks(&[("k2", &k2)]));
+    let k2_token = idp_token("k2", &k2, json!({}));
+    let t0 = std::time::Instant::now();
+    loop {
+        if with_token(&idp.env, &k2_token).await.status == 200 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "rotated key not picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[test]

@@ -20,11 +20,11 @@
 //! count and time, and the tests run one at a time (`HEAVY`) so that they
 //! do not measure each other.
 mod common;
+use common::bin::{free_port, Bin};
 use common::raw::*;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -32,7 +32,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{sleep, timeout};
 
-const BIN: &str = env!("CARGO_BIN_EXE_gateway");
 /// A whole test takes at most this long.
 const TEST_LIMIT: Duration = Duration::from_secs(180);
 /// Memory and descriptors must be back to baseline within this.
@@ -54,25 +53,6 @@ async fn bounded(f: impl Future<Output = ()>) {
 
 // ---------------------------------------------------------------- the binary
 
-struct Bin {
-    child: Child,
-    pid: u32,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Bin {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
 /// Everything is proxied to `upstream` without auth, except `/admin/`
 /// (a Bearer token required) and `/site/` (static files).
 fn config(port: u16, upstream: &str, server_extra: &str, extra: &str) -> String {
@@ -88,73 +68,19 @@ fn config(port: u16, upstream: &str, server_extra: &str, extra: &str) -> String 
     )
 }
 
-impl Bin {
-    async fn start(upstream: &str, extra: &str) -> Bin {
-        let port = free_port();
-        Bin::launch(&config(port, upstream, "", extra), port).await
-    }
+async fn start(upstream: &str, extra: &str) -> Bin {
+    let port = free_port();
+    launch(&config(port, upstream, "", extra), port).await
+}
 
-    /// Runs the binary on `toml` (`{dir}` replaced by its directory, which
-    /// holds `site/index.html` and, outside that root, `secret.txt`) and
-    /// waits for `port` to accept.
-    async fn launch(toml: &str, port: u16) -> Bin {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("site")).unwrap();
-        std::fs::write(dir.path().join("site/index.html"), "<p>site</p>").unwrap();
-        std::fs::write(dir.path().join("secret.txt"), "outside the root").unwrap();
-        let text = toml.replace("{dir}", dir.path().to_str().unwrap());
-        std::fs::write(dir.path().join("gateway.toml"), text).unwrap();
-        let child = Command::new(BIN)
-            .args(["serve", "--config", "gateway.toml"])
-            .current_dir(dir.path())
-            .env_remove("GATEWAY_CONFIG")
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let pid = child.id();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let t0 = Instant::now();
-        while std::net::TcpStream::connect(addr).is_err() {
-            assert!(
-                t0.elapsed() < Duration::from_secs(20),
-                "gateway did not start"
-            );
-            sleep(Duration::from_millis(50)).await;
-        }
-        Bin {
-            child,
-            pid,
-            addr,
-            _dir: dir,
-        }
-    }
-
-    fn status_kib(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap()
-    }
-
-    fn rss_kib(&self) -> u64 {
-        self.status_kib("VmRSS:")
-    }
-
-    fn fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid))
-            .unwrap()
-            .count()
-    }
-
-    fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
+/// The binary on `toml`, in a directory holding `site/index.html` and,
+/// outside that static root, `secret.txt`.
+async fn launch(toml: &str, port: u16) -> Bin {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("site")).unwrap();
+    std::fs::write(dir.path().join("site/index.html"), "<p>site</p>").unwrap();
+    std::fs::write(dir.path().join("secret.txt"), "outside the root").unwrap();
+    Bin::launch_in(dir, toml, port, "warn").await
 }
 
 /// Raises this process's open-file limit to its hard limit (thousands of
@@ -394,7 +320,7 @@ fn status_of(buf: &[u8]) -> String {
 async fn slowloris_on_heads_and_bodies() {
     bounded(async {
         let up = RawUpstream::start().await;
-        let mut bin = Bin::start(&up.url(), "").await;
+        let mut bin = start(&up.url(), "").await;
         let heads = attackers(1500);
         let bodies = attackers(1500 + 500) - heads;
         under_attack("slowloris", &mut bin, |addr| async move {
@@ -469,7 +395,7 @@ async fn slowloris_on_heads_and_bodies() {
 async fn oversized_and_numerous_headers() {
     bounded(async {
         let up = RawUpstream::start().await;
-        let mut bin = Bin::start(&up.url(), "").await;
+        let mut bin = start(&up.url(), "").await;
         under_attack("headers", &mut bin, |addr| async move {
             let n = attackers(400);
             let outcomes = swarm(n, Duration::from_millis(5), move |i| async move {
@@ -679,7 +605,7 @@ fn smuggling_forms() -> Vec<(&'static str, Vec<u8>, u16)> {
 async fn smuggling_forms_are_refused_and_never_reach_the_upstream() {
     bounded(async {
         let up = RawUpstream::start().await;
-        let mut bin = Bin::start(&up.url(), "").await;
+        let mut bin = start(&up.url(), "").await;
         let forms = smuggling_forms();
         let rounds = 20;
         under_attack("smuggling", &mut bin, |addr| async move {
@@ -726,7 +652,7 @@ async fn smuggling_forms_are_refused_and_never_reach_the_upstream() {
 async fn path_tricks_and_the_jwt_zoo_at_volume() {
     bounded(async {
         let up = RawUpstream::start().await;
-        let mut bin = Bin::start(&up.url(), "").await;
+        let mut bin = start(&up.url(), "").await;
         let paths = [
             "/admin/x",
             "//admin/x",
@@ -952,7 +878,7 @@ async fn h2_flood(
 async fn http2_floods() {
     bounded(async {
         let up = RawUpstream::start().await;
-        let mut bin = Bin::start(&up.url(), "").await;
+        let mut bin = start(&up.url(), "").await;
         let seen_before = Arc::new(Mutex::new(0usize));
         let sb = seen_before.clone();
         let upc = up.rec.clone();
@@ -1029,7 +955,7 @@ async fn tls_garbage_and_stalled_handshakes() {
         // TLS on the main listener, the legitimate client on the plain one.
         let port = free_port();
         let plain = format!("http_listen = \"127.0.0.1:{http_port}\"\nredirect_http = false");
-        let mut bin = Bin::launch(&config(port, &up.url(), &plain, &extra), port).await;
+        let mut bin = launch(&config(port, &up.url(), &plain, &extra), port).await;
         let tls_addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         bin.addr = format!("127.0.0.1:{http_port}").parse().unwrap();
         under_attack("tls", &mut bin, |_| async move {

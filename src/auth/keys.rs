@@ -72,16 +72,6 @@ impl KeySet {
                             origin: spec.origin.clone(),
                             what: format!("{}: {what}", path.display()),
                         })?;
-                    if keys.is_empty() {
-                        return Err(KeyError::Invalid {
-                            origin: spec.origin.clone(),
-                            what: format!(
-                                "{}: no usable {} key with a kid",
-                                path.display(),
-                                spec.algorithm.name()
-                            ),
-                        });
-                    }
                     for k in keys {
                         if let Some(kid) = &k.kid {
                             set.by_kid.insert(kid.clone(), Arc::new(k));
@@ -272,7 +262,9 @@ fn family(alg: JwtAlg) -> &'static str {
 
 /// Parses a JWKS document into keys allowed for `allowed` algorithms.
 /// Keys without a kid, for encryption, of unknown types, or whose `alg`
-/// is not allowed are skipped; a document that is not a JWKS is an error.
+/// is not allowed are skipped; a document that is not a JWKS, or leaves no
+/// usable key, is an error: for a provider's set, a glitch that publishes
+/// garbage must not replace the last good keys with none.
 pub fn parse_jwks(text: &str, allowed: &[JwtAlg]) -> Result<Vec<VerifyKey>, String> {
     #[derive(serde::Deserialize)]
     struct Doc {
@@ -315,6 +307,10 @@ pub fn parse_jwks(text: &str, allowed: &[JwtAlg]) -> Result<Vec<VerifyKey>, Stri
             algs: fits,
             material: Material::Public(key),
         });
+    }
+    if out.is_empty() {
+        let names: Vec<&str> = allowed.iter().map(|a| a.name()).collect();
+        return Err(format!("no usable {} key with a kid", names.join("/")));
     }
     Ok(out)
 }

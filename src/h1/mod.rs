@@ -212,6 +212,8 @@ pub(crate) async fn serve<IO: ClientIo>(mut io: IO, env: Env<'_>) -> Outcome<IO>
                 error: served.error,
             }
             .log(served.bytes);
+        } else {
+            crate::telemetry::failed(&method, served.status, served.error.as_deref());
         }
         env.activity.request_finished();
         if !served.keep {

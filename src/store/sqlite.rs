@@ -72,15 +72,8 @@ impl SqliteStore {
                     .map_err(|e| StoreError::Open(path.display().to_string(), e.to_string()))?;
             }
         }
-        let mut conn = Connection::open(path)
+        let mut conn = connect(path)
             .map_err(|e| StoreError::Open(path.display().to_string(), e.to_string()))?;
-        // WAL: readers do not block the writer; NORMAL sync is durable at
-        // checkpoints and safe against corruption.
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(db)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(db)?;
-        conn.busy_timeout(Duration::from_secs(5)).map_err(db)?;
         migrate(&mut conn)?;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
@@ -106,6 +99,55 @@ impl SqliteStore {
             r
         })
     }
+}
+
+/// Opens `path` with the settings every connection uses.
+fn connect(path: &Path) -> Result<Connection, rusqlite::Error> {
+    let conn = Connection::open(path)?;
+    // WAL: readers do not block the writer; NORMAL sync is durable at
+    // checkpoints and safe against corruption.
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+/// When the database file has been removed while the gateway runs (an
+/// operator's `rm`, a cleanup job), the open connection still reads and
+/// writes the unlinked file, and everything written would be gone at the
+/// next start: revocations included. So the file is written back from the
+/// open copy (`VACUUM INTO` a temporary file, renamed into place) and the
+/// connection moved to it. Returns whether it did.
+fn restore_if_removed(c: &mut Connection, path: &Path) -> Result<bool, rusqlite::Error> {
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        _ => return Ok(false),
+    }
+    let to_sql = |e: std::io::Error| {
+        rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+            Some(e.to_string()),
+        )
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(to_sql)?;
+    }
+    // Everything into the main (unlinked) file, the WAL emptied: closing
+    // this connection below then removes a WAL that holds nothing.
+    c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".restore");
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let tmp_str = tmp.to_string_lossy().into_owned();
+    c.execute("VACUUM INTO ?1", params![tmp_str])?;
+    // The old connection must be closed (its WAL and shared-memory files
+    // removed) before the copy takes the name they belong to.
+    let old = std::mem::replace(c, Connection::open_in_memory()?);
+    old.close().map_err(|(_, e)| e)?;
+    std::fs::rename(&tmp, path).map_err(to_sql)?;
+    *c = connect(path)?;
+    Ok(true)
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
@@ -389,6 +431,19 @@ impl Store for SqliteStore {
             let mut since = crate::clock::unix_now().saturating_sub(2);
             loop {
                 tokio::time::sleep(POLL).await;
+                let path = self.path.clone();
+                match self.run(move |c| restore_if_removed(c, &path)).await {
+                    Ok(true) => tracing::error!(
+                        store = %self.describe(),
+                        "the store file was removed while the gateway ran: written back from the open database"
+                    ),
+                    Ok(false) => {}
+                    Err(e) => tracing::error!(
+                        store = %self.describe(),
+                        error = %crate::body::error_chain(&e),
+                        "the store file was removed and cannot be written back"
+                    ),
+                }
                 let now = crate::clock::unix_now();
                 let found = self.run(move |c| {
                     let mut stmt = c.prepare_cached(
@@ -421,6 +476,47 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_removed_file_is_written_back_with_what_was_written_since() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/g.db");
+        let s = SqliteStore::open(&path).unwrap();
+        let family = |sid: &str| Family {
+            sid: sid.into(),
+            user_id: "7".into(),
+            created_at: 10,
+            expires_at: 1000,
+            revoked_at: None,
+        };
+        s.create_family(&family("before")).await.unwrap();
+        // `rm -r state`: the database, its WAL and shared memory, the dir.
+        std::fs::remove_dir_all(dir.path().join("state")).unwrap();
+        // Written to the unlinked file, as before the guard ran.
+        s.create_family(&family("between")).await.unwrap();
+        let p = path.clone();
+        assert!(s.run(move |c| restore_if_removed(c, &p)).await.unwrap());
+        let p = path.clone();
+        assert!(!s.run(move |c| restore_if_removed(c, &p)).await.unwrap());
+        // Written after: to the restored file.
+        assert_eq!(
+            s.revoke_family("between", 30, "logout").await.unwrap(),
+            Some(1000)
+        );
+        drop(s);
+        let again = SqliteStore::open(&path).unwrap();
+        assert!(again.family("before").await.unwrap().is_some());
+        assert_eq!(
+            again.revoked_families(100).await.unwrap(),
+            vec![("between".to_string(), 1000)]
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("state"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".restore"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
 
     #[tokio::test]
     async fn families_refresh_tokens_and_failures_persist() {

@@ -5,6 +5,7 @@
 //! helpers (recording upstream, byte-exact client) of the request-path tests.
 #![allow(clippy::unwrap_used, dead_code)]
 
+pub mod bin;
 pub mod gunicorn;
 pub mod raw;
 pub mod redis;
