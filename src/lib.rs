@@ -47,6 +47,8 @@ pub mod auth;
 pub mod body;
 pub mod clock;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod h1;
 pub mod handler;
 pub mod healthcheck;

@@ -131,19 +131,12 @@ pub(crate) async fn serve<IO: ClientIo>(mut io: IO, env: Env<'_>) -> Outcome<IO>
         let log = **env.access_log.load();
         let (step, head_len) = loop {
             if !buf.is_empty() {
-                let mut headers = uninit_headers();
-                let mut req = httparse::Request::new(&mut []);
-                match req.parse_with_uninit_headers(&buf, &mut headers) {
-                    Ok(httparse::Status::Complete(n)) => {
-                        match decide(&state, env.conn, &req, n, log) {
-                            Some(step) => break (step, n),
-                            None => return Outcome::Handover { io, buffered: buf },
-                        }
+                match parse_head(&state, env.conn, &buf, log) {
+                    Parsed::Decided(step, n) => break (step, n),
+                    Parsed::Partial => {}
+                    Parsed::Declined { .. } | Parsed::Malformed => {
+                        return Outcome::Handover { io, buffered: buf }
                     }
-                    Ok(httparse::Status::Partial) => {}
-                    // Malformed, too many headers, HTTP/2 preface: hyper
-                    // answers (or speaks HTTP/2).
-                    Err(_) => return Outcome::Handover { io, buffered: buf },
                 }
             }
             if buf.len() >= env.max_header_bytes {
@@ -228,7 +221,45 @@ pub(crate) async fn serve<IO: ClientIo>(mut io: IO, env: Env<'_>) -> Outcome<IO>
     }
 }
 
-type Decided<'s> = (
+/// What the bytes read so far make of a request head.
+// Returned and taken apart at once, as `decide`'s `Option<Decided>` is:
+// boxing the decision would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Parsed<'s> {
+    /// A complete head, decided; its length.
+    Decided(Decided<'s>, usize),
+    /// Not complete yet.
+    Partial,
+    /// A complete head of `head_len` bytes declined before deciding (see
+    /// the module doc): for the general path.
+    Declined { head_len: usize },
+    /// Malformed, too many headers, HTTP/2 preface: hyper answers (or
+    /// speaks HTTP/2).
+    Malformed,
+}
+
+/// Parses the head at the start of `buf` in place and decides on it: the
+/// one parse and decision `serve` makes (the fuzz targets call it too).
+#[inline]
+pub(crate) fn parse_head<'s>(
+    state: &'s AppState,
+    conn: &ConnInfo,
+    buf: &[u8],
+    log: bool,
+) -> Parsed<'s> {
+    let mut headers = uninit_headers();
+    let mut req = httparse::Request::new(&mut []);
+    match req.parse_with_uninit_headers(buf, &mut headers) {
+        Ok(httparse::Status::Complete(n)) => match decide(state, conn, &req, n, log) {
+            Some(step) => Parsed::Decided(step, n),
+            None => Parsed::Declined { head_len: n },
+        },
+        Ok(httparse::Status::Partial) => Parsed::Partial,
+        Err(_) => Parsed::Malformed,
+    }
+}
+
+pub(crate) type Decided<'s> = (
     Step<'s>,
     http::Method,
     Option<http::Request<()>>,

@@ -58,9 +58,7 @@ impl<'h> Facts<'h> {
                 },
                 Name::TransferEncoding => {
                     f.transfer_encoding = true;
-                    f.chunked_last = crate::wire::tokens(v)
-                        .last()
-                        .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
+                    f.chunked_last = crate::wire::chunked_last(v);
                 }
                 Name::Connection => {
                     if crate::wire::names_headers(v) {

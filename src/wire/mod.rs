@@ -87,7 +87,13 @@ pub(crate) fn parse_response_head<'h, 'b>(
         .parse_response_with_uninit_headers(&mut resp, buf, headers)
     {
         Ok(httparse::Status::Complete(len)) => {
-            let status = resp.code.ok_or_else(|| bad("no status".into()))?;
+            // httparse takes any three digits; a status is 100-999 (RFC
+            // 9110 15), and one outside would be relayed as a status line
+            // no client reads alike.
+            let status = resp
+                .code
+                .filter(|c| (100..=999).contains(c))
+                .ok_or_else(|| bad("no valid status".into()))?;
             Ok(Some((len, status, resp)))
         }
         Ok(httparse::Status::Partial) => Ok(None),
@@ -208,6 +214,18 @@ pub fn parse_length(v: &[u8]) -> Option<u64> {
     })
 }
 
+/// Whether a request's Transfer-Encoding value ends in `chunked`, read as
+/// hyper reads it (`is_chunked_`), so both executors frame a request
+/// alike: header text (visible ASCII, space, tab) whose last
+/// comma-separated element is `chunked`. An empty last element
+/// (`chunked,`) or obs-text is not, and such a request is refused.
+pub(crate) fn chunked_last(v: &[u8]) -> bool {
+    v.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+        && v.rsplit(|&b| b == b',')
+            .next()
+            .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
+
 pub(crate) fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
     v.split(|b| *b == b',').map(trim).filter(|t| !t.is_empty())
 }
@@ -285,6 +303,50 @@ pub(crate) fn hex_len(mut n: usize, buf: &mut [u8; 16]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn response_status_is_100_to_999() {
+        for (head, ok) in [
+            (&b"HTTP/1.1 200 OK\r\n\r\n"[..], true),
+            (b"HTTP/1.1 100 Continue\r\n\r\n", true),
+            (b"HTTP/1.1 999 X\r\n\r\n", true),
+            // Found by the h1_response_head fuzz target: httparse reads
+            // `020` as status 20.
+            (b"HTTP/1.1 020 nsf\r\n\r\n", false),
+            (b"HTTP/1.1 099 X\r\n\r\n", false),
+            (b"HTTP/1.1 000 X\r\n\r\n", false),
+        ] {
+            let mut headers = uninit_headers();
+            let got = parse_response_head(head, &mut headers);
+            assert_eq!(got.is_ok(), ok, "{:?}", String::from_utf8_lossy(head));
+        }
+    }
+
+    #[test]
+    fn request_chunked_last_as_hyper_reads_it() {
+        for v in [
+            &b"chunked"[..],
+            b"CHUNKED",
+            b"gzip, chunked",
+            b"gzip,chunked ",
+            b"gzip ,\tchunked",
+        ] {
+            assert!(chunked_last(v), "{:?}", String::from_utf8_lossy(v));
+        }
+        // Found by the h1_differential fuzz target: obs-text, and an
+        // empty last element, which hyper does not read as chunked.
+        for v in [
+            &b"g\xffzip, chunked"[..],
+            b"chunked,",
+            b"chunked, ",
+            b"chunked, gzip",
+            b"",
+            b"chunk",
+            b"chunked\x7f",
+        ] {
+            assert!(!chunked_last(v), "{:?}", String::from_utf8_lossy(v));
+        }
+    }
 
     #[test]
     fn lengths_are_digits_only() {
