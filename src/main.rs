@@ -16,6 +16,7 @@ use gateway::config::{self, Config, RouteTarget};
 use gateway::{handler, healthcheck, server, telemetry, tls};
 
 fn main() -> ExitCode {
+    gateway::alloc::fixed_mmap_threshold();
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => serve(&config.config),

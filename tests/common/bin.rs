@@ -9,6 +9,12 @@ use tokio::time::sleep;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_gateway");
 
+/// The binary to run: `GATEWAY_BIN` (e.g. a release build for the soak),
+/// else the one `cargo test` built.
+pub fn bin() -> String {
+    std::env::var("GATEWAY_BIN").unwrap_or_else(|_| BIN.to_string())
+}
+
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
@@ -37,7 +43,7 @@ fn spawn(dir: &std::path::Path, log_path: &std::path::Path, rust_log: &str) -> C
         .append(true)
         .open(log_path)
         .unwrap();
-    Command::new(BIN)
+    Command::new(bin())
         .args(["serve", "--config", "gateway.toml"])
         .current_dir(dir)
         .env_remove("GATEWAY_CONFIG")
@@ -134,7 +140,7 @@ impl Bin {
 
     /// Runs `gateway ARGS --config <its config>`: (success, output).
     pub fn command(&self, args: &[&str]) -> (bool, String) {
-        let out = Command::new(BIN)
+        let out = Command::new(bin())
             .args(args)
             .arg("--config")
             .arg(&self.config_path)
