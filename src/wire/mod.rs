@@ -123,10 +123,14 @@ pub(crate) fn body_facts(
     let mut facts = BodyFacts {
         content_length: None,
         chunked: false,
-        keep_alive: version == Some(1),
+        keep_alive: false,
         has_date: false,
         has_connection: false,
     };
+    // Decided after every header is seen: the answer must not depend on
+    // their order (a `Connection: keep-alive` after a Transfer-Encoding
+    // that forces a close once re-opened the connection).
+    let (mut transfer_encoding, mut close, mut keep_alive) = (false, false, false);
     for h in headers {
         match Name::of(h.name.as_bytes()) {
             Name::ContentLength => {
@@ -144,18 +148,18 @@ pub(crate) fn body_facts(
                 facts.content_length = Some(v);
             }
             Name::TransferEncoding => {
+                // Several fields are one list: the last one's last coding
+                // is the final coding.
+                transfer_encoding = true;
                 facts.chunked = last_token(h.value).eq_ignore_ascii_case(b"chunked");
-                if !facts.chunked {
-                    facts.keep_alive = false;
-                }
             }
             Name::Connection => {
                 facts.has_connection |= names_headers(h.value);
                 for t in tokens(h.value) {
                     if t.eq_ignore_ascii_case(b"close") {
-                        facts.keep_alive = false;
-                    } else if t.eq_ignore_ascii_case(b"keep-alive") && version == Some(0) {
-                        facts.keep_alive = true;
+                        close = true;
+                    } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                        keep_alive = true;
                     }
                 }
             }
@@ -163,6 +167,16 @@ pub(crate) fn body_facts(
             _ => {}
         }
     }
+    facts.keep_alive = !close
+        && match version {
+            Some(1) => true,
+            Some(0) => keep_alive,
+            _ => false,
+        }
+        // Read until close when chunked is not the final coding (RFC 9112
+        // 6.3); an HTTP/1.0 message with a Transfer-Encoding has faulty
+        // framing and the connection is closed after it (6.1).
+        && !(transfer_encoding && (!facts.chunked || version != Some(1)));
     if facts.chunked {
         facts.content_length = None;
     }
@@ -319,6 +333,35 @@ mod tests {
             let mut headers = uninit_headers();
             let got = parse_response_head(head, &mut headers);
             assert_eq!(got.is_ok(), ok, "{:?}", String::from_utf8_lossy(head));
+        }
+    }
+
+    #[test]
+    fn response_keep_alive_does_not_depend_on_header_order() {
+        let facts = |head: &[u8]| {
+            let mut headers = uninit_headers();
+            let (_, _, resp) = parse_response_head(head, &mut headers).unwrap().unwrap();
+            body_facts(resp.version, resp.headers).unwrap()
+        };
+        // Found by the h1_response_head fuzz target.
+        for head in [
+            &b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunke)d\r\nConnection: keep-alive\r\n\r\n"[..],
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: gzip\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nConnection: keep-alive\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n",
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive, close\r\nContent-Length: 1\r\n\r\n",
+        ] {
+            let f = facts(head);
+            assert!(!f.keep_alive, "{:?}", String::from_utf8_lossy(head));
+        }
+        for head in [
+            &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"[..],
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n",
+        ] {
+            let f = facts(head);
+            assert!(f.keep_alive, "{:?}", String::from_utf8_lossy(head));
         }
     }
 
