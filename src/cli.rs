@@ -90,6 +90,11 @@ pub enum Command {
         #[command(subcommand)]
         command: LockoutsCommand,
     },
+    /// Automatic HTTPS ([tls.acme]): the cached certificate, and renewing it now.
+    Acme {
+        #[command(subcommand)]
+        command: AcmeCommand,
+    },
     /// Mint an access token with the config's signing key and print it.
     Token {
         #[command(flatten)]
@@ -165,6 +170,21 @@ pub enum SessionsCommand {
         /// A session id (the `sid` claim of its tokens).
         #[arg(long, value_name = "SID")]
         sid: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AcmeCommand {
+    /// The cached certificate: names, expiry and when it will be renewed.
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Ask the running gateway to renew now (it picks this up within a
+    /// second; the new certificate is swapped in without dropping connections).
+    Renew {
+        #[command(flatten)]
+        config: ConfigArg,
     },
 }
 

@@ -88,6 +88,7 @@ fn h1_state() -> &'static (AppState, ConnInfo) {
             store: None,
             revoked: Arc::new(crate::store::RevokedFamilies::new()),
             budget: crate::proxy::exchange::Budget::new(0),
+            acme: None,
         };
         let state = AppState::new(config, &deps).unwrap_or_else(|e| panic!("fuzzing state: {e}"));
         let peer: SocketAddr = SocketAddr::from(([192, 0, 2, 1], 40000));

@@ -41,6 +41,7 @@
 //!   codec: header names, heads, framing facts, the chunked scanner),
 //!   [`clock`], [`path`], [`body`].
 
+pub mod acme;
 pub mod admin;
 pub mod alloc;
 pub mod auth;

@@ -44,6 +44,7 @@ fn main() -> ExitCode {
         Command::Keygen { alg, out, kid } => admin(commands::keygen(&alg, &out, kid)),
         Command::Sessions { command } => admin(operator::sessions(command)),
         Command::Lockouts { command } => admin(operator::lockouts(command)),
+        Command::Acme { command } => admin(acme_command(command)),
         Command::Token {
             config,
             user_id,
@@ -67,6 +68,34 @@ fn admin(result: anyhow::Result<()>) -> ExitCode {
             ExitCode::from(EXIT_CONFIG)
         }
     }
+}
+
+/// `gateway acme status|renew`.
+fn acme_command(cmd: cli::AcmeCommand) -> anyhow::Result<()> {
+    let path = match &cmd {
+        cli::AcmeCommand::Status { config } | cli::AcmeCommand::Renew { config } => &config.config,
+    };
+    let config = config::load(path)?;
+    let Some(acme) = config.tls.as_ref().and_then(|t| t.acme.as_ref()) else {
+        anyhow::bail!("{}: no [tls.acme] section", path.display());
+    };
+    match cmd {
+        cli::AcmeCommand::Status { .. } => {
+            println!(
+                "{}: {}",
+                acme.domains.join(", "),
+                gateway::acme::describe(acme)
+            );
+        }
+        cli::AcmeCommand::Renew { .. } => {
+            let marker = gateway::acme::request_renewal(acme)?;
+            println!(
+                "renewal requested ({}): the running gateway orders a new certificate within a second",
+                marker.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Exit code for a configuration that cannot be used (as `check`).
@@ -175,7 +204,13 @@ fn check(path: &std::path::Path) -> ExitCode {
 fn check_config(path: &std::path::Path) -> anyhow::Result<Config> {
     let config = config::load(path)?;
     if let Some(t) = &config.tls {
-        if let Err(e) = tls::server_config(t) {
+        // With ACME the certificates are the manager's, not files: an
+        // empty set is checked here (the pending state).
+        let acme = t
+            .acme
+            .as_ref()
+            .map(|a| std::sync::Arc::new(tls::AcmeCerts::new(a.domains.clone())));
+        if let Err(e) = tls::server_config(t, acme.as_ref()) {
             let at = e
                 .path()
                 .and_then(|p| tls_key_for(path, config.base_dir(), p))
@@ -261,6 +296,17 @@ fn summary(c: &Config) -> String {
             "serves the same routes"
         };
         let _ = writeln!(out, "  {h} (http, {what})");
+    }
+    if let Some(a) = c.tls.as_ref().and_then(|t| t.acme.as_ref()) {
+        let _ = writeln!(
+            out,
+            "  acme: {} from {} ({}, cache {}): {}",
+            a.domains.join(", "),
+            a.directory,
+            a.challenge.name(),
+            a.cache.display(),
+            gateway::acme::describe(a)
+        );
     }
     let _ = writeln!(out, "  health: {}", c.server.health_path);
     match &c.admin {

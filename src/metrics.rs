@@ -43,6 +43,8 @@ struct Metrics {
     jwks_fetches: Family<Dynamic, Counter>,
     jwks_age: Family<Dynamic, Gauge<f64, AtomicU64>>,
     store_errors: Counter,
+    acme_orders: Family<Dynamic, Counter>,
+    acme_expiry: Family<Dynamic, Gauge>,
     /// Issuer -> when its keys were last fetched, for the age gauge.
     jwks_fetched: Mutex<BTreeMap<String, Instant>>,
 }
@@ -63,6 +65,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         jwks_fetches: Family::default(),
         jwks_age: Family::default(),
         store_errors: Counter::default(),
+        acme_orders: Family::default(),
+        acme_expiry: Family::default(),
         jwks_fetched: Mutex::new(BTreeMap::new()),
         registry: Registry::default(),
     };
@@ -130,6 +134,16 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "store_errors",
         "Store operations that failed",
         m.store_errors.clone(),
+    );
+    registry.register(
+        "acme_orders",
+        "ACME certificate orders, by domain (the first named) and result (ok, error)",
+        m.acme_orders.clone(),
+    );
+    registry.register(
+        "acme_certificate_expiry_timestamp_seconds",
+        "When the ACME certificate being served expires (Unix time), by domain",
+        m.acme_expiry.clone(),
     );
     Metrics { registry, ..m }
 });
@@ -362,6 +376,23 @@ pub fn jwks_fetch(issuer: &str, ok: bool) {
 
 pub fn store_error() {
     METRICS.store_errors.inc();
+}
+
+pub fn acme_order(domain: &str, ok: bool) {
+    METRICS
+        .acme_orders
+        .get_or_create(&vec![
+            ("domain", domain.to_string()),
+            ("result", if ok { "ok" } else { "error" }.to_string()),
+        ])
+        .inc();
+}
+
+pub fn acme_expiry(domain: &str, unix: i64) {
+    METRICS
+        .acme_expiry
+        .get_or_create(&vec![("domain", domain.to_string())])
+        .set(unix);
 }
 
 /// The text exposition (OpenMetrics, which Prometheus scrapes).

@@ -106,6 +106,8 @@ pub enum ServerError {
     Io(#[from] io::Error),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error("tls.acme: {0}")]
+    Acme(String),
 }
 
 /// State shared by every connection; swapped whole on reload.
@@ -140,8 +142,15 @@ pub struct ServerHandle {
 
 /// Starts serving `listeners` with `config`. Must run inside a Tokio runtime.
 pub async fn start(config: Config, listeners: Listeners) -> Result<ServerHandle, ServerError> {
+    let deps = Deps::open(&config).await?;
+    if let Some(acme) = config.tls.as_ref().and_then(|t| t.acme.as_ref()) {
+        crate::acme::prepare(acme).map_err(|e| ServerError::Acme(e.to_string()))?;
+    }
     let tls = match &config.tls {
-        Some(t) => Some(TlsAcceptor::from(tls::server_config(t)?)),
+        Some(t) => Some(TlsAcceptor::from(tls::server_config(
+            t,
+            deps.acme.as_ref().map(|a| &a.certs),
+        )?)),
         None => None,
     };
     let s = &config.server;
@@ -172,8 +181,10 @@ pub async fn start(config: Config, listeners: Listeners) -> Result<ServerHandle,
     let max_header_bytes = s.max_header_bytes.max(8192);
     let config_path = config.path.clone();
     let main_is_tls = tls.is_some();
-    let deps = Deps::open(&config).await?;
     spawn_purge(&config, &deps);
+    if let Some(acme) = deps.acme.clone() {
+        tokio::spawn(acme.run());
+    }
     if let Some(store) = deps.store.clone() {
         let mirror = deps.revoked.clone();
         // Revocations made by other replicas and by `gateway sessions
@@ -288,8 +299,18 @@ impl ServerHandle {
 
     /// Swaps in `config` (listeners, workers and timeouts need a restart).
     pub fn reload_with(&self, config: Config) -> Result<(), ServerError> {
+        let acme = self.shared.deps.acme.as_ref();
+        let wanted = config.tls.as_ref().and_then(|t| t.acme.as_ref());
+        if wanted.map(|a| &a.domains) != acme.map(|a| &a.certs.domains) {
+            tracing::warn!(
+                "changing [tls.acme] needs a restart; the running ACME manager keeps its domains"
+            );
+        }
         let tls = match &config.tls {
-            Some(t) => Some(TlsAcceptor::from(tls::server_config(t)?)),
+            Some(t) => Some(TlsAcceptor::from(tls::server_config(
+                t,
+                acme.map(|a| &a.certs),
+            )?)),
             None => None,
         };
         let access_log = config.log.access_log;
@@ -486,6 +507,11 @@ async fn serve_connection(
                 return;
             }
         };
+        // tls-alpn-01 validation: the handshake was the answer; nothing
+        // more is exchanged (RFC 8737 3).
+        if tls.get_ref().1.alpn_protocol() == Some(tls::ACME_TLS_ALPN) {
+            return;
+        }
         conn_info.tls_version = match tls.get_ref().1.protocol_version() {
             Some(rustls::ProtocolVersion::TLSv1_3) => Some("TLSv1.3"),
             Some(rustls::ProtocolVersion::TLSv1_2) => Some("TLSv1.2"),

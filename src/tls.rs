@@ -4,6 +4,12 @@
 //!
 //! Built whole at start and on every reload: a reload swaps the acceptor,
 //! connections already open keep the config they shook hands with.
+//!
+//! With `[tls.acme]` the resolver also reads an [`AcmeCerts`], which
+//! outlives reloads and which the ACME manager (`crate::acme`) fills: the
+//! current certificate for the ACME names, swapped in place for new
+//! handshakes, and the tls-alpn-01 challenge certificates (RFC 8737),
+//! served only to a client that offers nothing but `acme-tls/1`.
 
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -12,7 +18,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::config::{CertSource, TlsConfig, TlsVersion};
 
@@ -71,10 +77,99 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Builds the rustls server config for `cfg`.
-pub fn server_config(cfg: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+/// The ALPN protocol of tls-alpn-01 validation (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// What the ACME manager provides to the resolver; outlives reloads.
+#[derive(Debug)]
+pub struct AcmeCerts {
+    /// Lowercase names the ACME certificate covers.
+    pub domains: Vec<String>,
+    current: arc_swap::ArcSwapOption<CertifiedKey>,
+    /// tls-alpn-01 challenge certificates by name, while an order runs.
+    challenges: Mutex<HashMap<String, Arc<CertifiedKey>>>,
+}
+
+impl AcmeCerts {
+    pub fn new(domains: Vec<String>) -> Self {
+        AcmeCerts {
+            domains,
+            current: arc_swap::ArcSwapOption::empty(),
+            challenges: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// New handshakes get `cert` from now on; open connections keep theirs.
+    pub fn install(&self, cert: Arc<CertifiedKey>) {
+        self.current.store(Some(cert));
+    }
+
+    pub fn current(&self) -> Option<Arc<CertifiedKey>> {
+        self.current.load_full()
+    }
+
+    pub fn set_challenge(&self, name: &str, cert: Option<Arc<CertifiedKey>>) {
+        if let Ok(mut map) = self.challenges.lock() {
+            match cert {
+                Some(c) => map.insert(name.to_string(), c),
+                None => map.remove(name),
+            };
+        }
+    }
+
+    fn challenge(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        self.challenges.lock().ok()?.get(name).cloned()
+    }
+
+    fn covers(&self, name: &str) -> bool {
+        self.domains.iter().any(|d| d == name)
+    }
+}
+
+/// A certificate chain and key from PEM text (the ACME cache), checked to
+/// match.
+pub fn certified_from_pem(chain_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, String> {
+    let chain = CertificateDer::pem_slice_iter(chain_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("certificate chain: {e}"))?;
+    if chain.is_empty() {
+        return Err("no certificate in the chain".into());
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|_| "no private key".to_string())?;
+    let signing = provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| format!("private key: {e}"))?;
+    let certified = CertifiedKey::new(chain, signing);
+    // Only a proven mismatch refuses: webpki cannot parse a tls-alpn-01
+    // certificate (its acmeIdentifier extension is critical) to compare.
+    match certified.keys_match() {
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
+            Err("the key does not match the certificate".into())
+        }
+        _ => Ok(certified),
+    }
+}
+
+/// Builds the rustls server config for `cfg`; `acme` when `[tls.acme]` is
+/// configured.
+pub fn server_config(
+    cfg: &TlsConfig,
+    acme: Option<&Arc<AcmeCerts>>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let provider = provider();
-    let default = Arc::new(load_cert(&cfg.default, &provider)?);
+    // With ACME as the default, there is no certificate to load: pending
+    // names get the self-signed fallback when configured, else an alert.
+    let default = match (&cfg.default, cfg.acme_fallback_self_signed) {
+        (CertSource::Acme, false) => None,
+        (CertSource::Acme, true) => Some(Arc::new(load_cert(&CertSource::SelfSigned, &provider)?)),
+        (source, _) => Some(Arc::new(load_cert(source, &provider)?)),
+    };
+    let fallback = match (cfg.acme_fallback_self_signed, &cfg.default) {
+        (true, CertSource::Acme) => default.clone(),
+        (true, _) => Some(Arc::new(load_cert(&CertSource::SelfSigned, &provider)?)),
+        (false, _) => None,
+    };
     let mut by_name = HashMap::new();
     for (name, source) in &cfg.sni {
         by_name.insert(name.clone(), Arc::new(load_cert(source, &provider)?));
@@ -87,8 +182,17 @@ pub fn server_config(cfg: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsEr
         .with_protocol_versions(versions)
         .map_err(TlsError::Config)?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SniResolver { default, by_name }));
+        .with_cert_resolver(Arc::new(SniResolver {
+            default,
+            by_name,
+            acme: acme.cloned(),
+            fallback,
+            acme_is_default: cfg.default == CertSource::Acme,
+        }));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if acme.is_some() {
+        config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
+    }
     Ok(Arc::new(config))
 }
 
@@ -102,7 +206,7 @@ fn load_cert(source: &CertSource, provider: &CryptoProvider) -> Result<Certified
             ])
             .map_err(TlsError::SelfSigned)?;
             let key =
-                PrivateKeyDer::try_from(generated.key_pair.serialize_der()).map_err(|_| {
+                PrivateKeyDer::try_from(generated.signing_key.serialize_der()).map_err(|_| {
                     TlsError::BadKey {
                         path: "<self-signed>".into(),
                     }
@@ -118,6 +222,11 @@ fn load_cert(source: &CertSource, provider: &CryptoProvider) -> Result<Certified
             let chain = read_chain(cert)?;
             let key_der = read_key(key)?;
             (chain, key_der, cert.clone(), key.clone())
+        }
+        CertSource::Acme => {
+            return Err(TlsError::Config(rustls::Error::General(
+                "the ACME certificate is not loaded from files".into(),
+            )))
         }
     };
     let signing = provider
@@ -172,16 +281,47 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 /// the name is unknown or absent (clients connecting by IP send none).
 #[derive(Debug)]
 struct SniResolver {
-    default: Arc<CertifiedKey>,
+    /// None: ACME is the default and has nothing yet (an alert).
+    default: Option<Arc<CertifiedKey>>,
     by_name: HashMap<String, Arc<CertifiedKey>>,
+    acme: Option<Arc<AcmeCerts>>,
+    /// For ACME names while their certificate is pending (`self_signed`).
+    fallback: Option<Arc<CertifiedKey>>,
+    acme_is_default: bool,
 }
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let chosen = hello
-            .server_name()
-            .and_then(|n| self.by_name.get(&n.to_ascii_lowercase()))
-            .unwrap_or(&self.default);
-        Some(chosen.clone())
+        let name = hello.server_name().map(str::to_ascii_lowercase);
+        if let Some(acme) = &self.acme {
+            // tls-alpn-01: the validator offers `acme-tls/1` alone, and
+            // gets the challenge certificate or nothing (RFC 8737 3).
+            let mut alpn = hello.alpn().into_iter().flatten();
+            if alpn.next() == Some(ACME_TLS_ALPN) && alpn.next().is_none() {
+                return acme.challenge(name.as_deref()?);
+            }
+            let covered = name.as_deref().is_some_and(|n| acme.covers(n));
+            if covered
+                || (self.acme_is_default
+                    && name
+                        .as_deref()
+                        .is_none_or(|n| !self.by_name.contains_key(n)))
+            {
+                // Pending: the files' default (say certbot's, while
+                // moving off it), else the self-signed fallback, else an
+                // alert.
+                return acme.current().or_else(|| {
+                    if self.acme_is_default {
+                        self.fallback.clone()
+                    } else {
+                        self.default.clone()
+                    }
+                });
+            }
+        }
+        name.as_deref()
+            .and_then(|n| self.by_name.get(n))
+            .or(self.default.as_ref())
+            .cloned()
     }
 }

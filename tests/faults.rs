@@ -1,8 +1,8 @@
 #![allow(clippy::unwrap_used)]
 //! Faults (issue 14, item 3), against the built binary: an upstream that
 //! resets, hangs, answers garbage or closes mid-body; the SQLite store's
-//! file removed, held busy by another process, on a full or read-only
-//! filesystem. For each: the answer clients get, the log line and the
+//! file removed, held busy by another process, made read-only (immutable)
+//! under the running gateway, on a full filesystem. For each: the answer clients get, the log line and the
 //! metric, no panic, no lost revocation, and recovery without a restart.
 //!
 //! (Redis killed and restarted: tests/replicas.rs; a JWKS server down or
@@ -11,8 +11,9 @@
 //! `reload_swaps_certificates_and_refuses_broken_ones`; gunicorn killed
 //! under load: tests/operations.rs.)
 //!
-//! The full and read-only filesystem cases mount a small tmpfs, which needs
-//! root (CI runs as root); elsewhere they say so and pass.
+//! The full filesystem case mounts a small tmpfs and the read-only case
+//! uses `chattr +i`; both need root (CI runs as root) and a filesystem
+//! that allows them; elsewhere they say so and pass.
 mod common;
 use common::bin::{free_port, Bin};
 use common::raw::*;

@@ -333,12 +333,14 @@ fn files_config(cert: &Path, key: &Path) -> TlsConfig {
         sni: vec![],
         min_version: TlsVersion::V1_2,
         hsts: None,
+        acme: None,
+        acme_fallback_self_signed: false,
     }
 }
 
 /// The whole error chain of a failed `server_config`, on one line.
 fn tls_error(cfg: &TlsConfig) -> String {
-    let err = gateway::tls::server_config(cfg).expect_err("server_config should fail");
+    let err = gateway::tls::server_config(cfg, None).expect_err("server_config should fail");
     gateway::response::error_chain(&err)
 }
 
@@ -473,7 +475,7 @@ fn leaf_for_openssl_key(ca: &TestCa, dir: &Path, stem: &str, name: &str) -> Opti
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, name);
-    let cert = params.signed_by(&kp, &ca.ca_cert, &ca.ca_key).unwrap();
+    let cert = params.signed_by(&kp, &ca.issuer()).unwrap();
     let crt = dir.join(format!("{stem}.crt"));
     std::fs::write(&crt, cert.pem()).unwrap();
     Some(crt)
@@ -522,7 +524,7 @@ async fn pkcs1_rsa_and_sec1_ec_keys_load() {
     // Ed25519 in PKCS#8, straight from rcgen.
     let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
     let params = rcgen::CertificateParams::new(vec!["ed.test".to_string()]).unwrap();
-    let ed_cert = params.signed_by(&ed, &ca.ca_cert, &ca.ca_key).unwrap();
+    let ed_cert = params.signed_by(&ed, &ca.issuer()).unwrap();
     std::fs::write(d.join("ed.crt"), ed_cert.pem()).unwrap();
     std::fs::write(d.join("ed.key"), ed.serialize_pem()).unwrap();
 

@@ -59,6 +59,21 @@ pub struct RawTls {
     pub sni: Vec<RawSni>,
     pub min_version: Option<Spanned<String>>,
     pub hsts: Option<String>,
+    pub acme: Option<RawAcme>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAcme {
+    pub domains: Option<Vec<Spanned<String>>>,
+    pub contact: Option<OneOrMany>,
+    pub directory: Option<Spanned<String>>,
+    pub ca_file: Option<Spanned<String>>,
+    pub cache: Option<Spanned<String>>,
+    pub challenge: Option<Spanned<String>>,
+    pub renew_before: Option<HumanDuration>,
+    pub eab_kid: Option<Spanned<String>>,
+    pub eab_hmac_key: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

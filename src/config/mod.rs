@@ -158,6 +158,11 @@ pub struct TlsConfig {
     pub sni: Vec<(String, CertSource)>,
     pub min_version: TlsVersion,
     pub hsts: Option<String>,
+    /// `[tls.acme]`: certificates obtained and renewed from an ACME CA.
+    pub acme: Option<AcmeConfig>,
+    /// `self_signed = true` beside `[tls.acme]`: served for the ACME
+    /// names while their first certificate is pending.
+    pub acme_fallback_self_signed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,6 +173,43 @@ pub enum CertSource {
     },
     /// Development only: a certificate for localhost made in memory.
     SelfSigned,
+    /// The certificate `[tls.acme]` obtains (no `cert`/`key` given).
+    Acme,
+}
+
+/// Let's Encrypt's production directory, the default `directory`.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcmeChallenge {
+    /// Answered on the main (TLS) listener.
+    TlsAlpn01,
+    /// Answered on `http_listen`.
+    Http01,
+}
+
+impl AcmeChallenge {
+    pub fn name(self) -> &'static str {
+        match self {
+            AcmeChallenge::TlsAlpn01 => "tls-alpn-01",
+            AcmeChallenge::Http01 => "http-01",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AcmeConfig {
+    /// Lowercase DNS names; the first names the cache files.
+    pub domains: Vec<String>,
+    pub contact: Vec<String>,
+    pub directory: String,
+    pub ca_file: Option<PathBuf>,
+    pub cache: PathBuf,
+    pub challenge: AcmeChallenge,
+    /// None: 30 days, or a third of the lifetime when that is shorter.
+    pub renew_before: Option<Duration>,
+    /// External account binding: key id and the decoded HMAC key.
+    pub eab: Option<(String, Vec<u8>)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

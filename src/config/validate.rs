@@ -6,8 +6,8 @@
 //! a tenth of the file is tests.
 
 use super::file::{
-    RawAdmin, RawConfig, RawIdentity, RawJwt, RawKey, RawRoute, RawStore, RawTls, RawTokens,
-    RawUpstream,
+    RawAcme, RawAdmin, RawConfig, RawIdentity, RawJwt, RawKey, RawRoute, RawStore, RawTls,
+    RawTokens, RawUpstream,
 };
 use super::values::SecretSource;
 use super::*;
@@ -190,6 +190,18 @@ fn validate(r: &mut Report, path: &Path, raw: RawConfig) -> Config {
     }
 
     let tls = raw.tls.map(|t| validate_tls(r, &base, t));
+    if tls
+        .as_ref()
+        .and_then(|t| t.acme.as_ref())
+        .is_some_and(|a| a.challenge == AcmeChallenge::Http01)
+        && server.http_listen.is_none()
+    {
+        r.at(
+            None,
+            "tls.acme.challenge",
+            "http-01 is answered on server.http_listen, which is not set (the CA connects to port 80)",
+        );
+    }
     if server.redirect_http && tls.is_none() {
         r.at(
             None,
@@ -625,11 +637,15 @@ fn resolve(base: &Path, p: &str) -> PathBuf {
 
 fn validate_tls(r: &mut Report, base: &Path, t: RawTls) -> TlsConfig {
     let self_signed = t.self_signed.unwrap_or(false);
+    let acme = t.acme.map(|a| validate_acme(r, base, a));
     let default = match (t.cert, t.key, self_signed) {
         (Some(c), Some(k), false) => CertSource::Files {
             cert: resolve(base, c.get_ref()),
             key: resolve(base, k.get_ref()),
         },
+        // Without cert/key the ACME certificate is the default; with
+        // self_signed beside it, the fallback while it is pending.
+        (None, None, _) if acme.is_some() => CertSource::Acme,
         (None, None, true) => CertSource::SelfSigned,
         (Some(c), _, true) => {
             r.spanned(
@@ -651,7 +667,7 @@ fn validate_tls(r: &mut Report, base: &Path, t: RawTls) -> TlsConfig {
             r.at(
                 None,
                 "tls.cert",
-                "missing: [tls] needs cert and key (or self_signed = true for development)",
+                "missing: [tls] needs cert and key, a [tls.acme] section, or self_signed = true for development",
             );
             CertSource::SelfSigned
         }
@@ -689,11 +705,245 @@ fn validate_tls(r: &mut Report, base: &Path, t: RawTls) -> TlsConfig {
             }
         },
     };
+    if let Some(a) = &acme {
+        for (i, (name, _)) in sni.iter().enumerate() {
+            if a.domains.contains(name) {
+                r.at(
+                    None,
+                    &format!("tls.sni[{i}].server_name"),
+                    format!("{name:?} is also in tls.acme.domains: one certificate per name"),
+                );
+            }
+        }
+    }
     TlsConfig {
+        acme_fallback_self_signed: acme.is_some() && self_signed,
         default,
         sni,
         min_version,
         hsts: t.hsts.filter(|h| !h.trim().is_empty()),
+        acme,
+    }
+}
+
+/// A DNS name an ACME CA can validate with http-01 or tls-alpn-01: LDH
+/// labels of 1-63 characters, 253 at most, no wildcard.
+fn acme_domain_error(name: &str) -> Option<String> {
+    if name.starts_with("*.") {
+        return Some(
+            "a wildcard needs the dns-01 challenge, which the gateway does not answer".into(),
+        );
+    }
+    if name.parse::<std::net::IpAddr>().is_ok() {
+        return Some("an IP address, not a DNS name".into());
+    }
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.is_empty() || name.len() > 253 {
+        return Some("not a DNS name (1 to 253 characters)".into());
+    }
+    for label in name.split('.') {
+        let ok = !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !ok {
+            return Some(format!(
+                "{label:?} is not a DNS label (a-z, 0-9 and '-', 1 to 63 characters; IDNs in punycode)"
+            ));
+        }
+    }
+    None
+}
+
+/// Whether `dir` (or, when it does not exist yet, its nearest existing
+/// parent) takes a new file.
+fn writable_dir(dir: &Path) -> Result<(), String> {
+    let mut at = dir;
+    while !at.exists() {
+        match at.parent() {
+            Some(p) if !p.as_os_str().is_empty() => at = p,
+            _ => return Ok(()),
+        }
+    }
+    if !at.is_dir() {
+        return Err(format!("{} is not a directory", at.display()));
+    }
+    let probe = at.join(format!(".gateway-write-test-{}", std::process::id()));
+    match std::fs::File::create(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => Err(format!("{} is not writable: {e}", at.display())),
+    }
+}
+
+fn validate_acme(r: &mut Report, base: &Path, a: RawAcme) -> AcmeConfig {
+    let mut domains: Vec<String> = Vec::new();
+    match &a.domains {
+        None => r.at(
+            None,
+            "tls.acme.domains",
+            "missing: the names to certify, e.g. [\"example.com\", \"www.example.com\"]",
+        ),
+        Some(list) if list.is_empty() => {
+            r.at(None, "tls.acme.domains", "must name at least one domain")
+        }
+        Some(list) => {
+            for (i, d) in list.iter().enumerate() {
+                let name = d.get_ref().trim().to_ascii_lowercase();
+                let key = format!("tls.acme.domains[{i}]");
+                if let Some(e) = acme_domain_error(&name) {
+                    r.spanned(d, &key, format!("{:?}: {e}", d.get_ref()));
+                } else if domains.contains(&name) {
+                    r.spanned(d, &key, format!("{name:?} is listed twice"));
+                } else {
+                    domains.push(name);
+                }
+            }
+        }
+    }
+    let mut contact = Vec::new();
+    for c in a.contact.map(|c| c.into_vec()).unwrap_or_default() {
+        let v = c.trim();
+        if v.strip_prefix("mailto:")
+            .is_some_and(|m| m.contains('@') && !m.contains(','))
+        {
+            contact.push(v.to_string());
+        } else {
+            r.at(
+                None,
+                "tls.acme.contact",
+                format!("{v:?} is not a contact (expected \"mailto:ops@example.com\")"),
+            );
+        }
+    }
+    let directory = match &a.directory {
+        None => LETS_ENCRYPT.to_string(),
+        Some(d) => match d.get_ref().trim() {
+            "letsencrypt" => LETS_ENCRYPT.to_string(),
+            "letsencrypt-staging" => {
+                "https://acme-staging-v02.api.letsencrypt.org/directory".to_string()
+            }
+            url if url.starts_with("https://")
+                && url.parse::<http::Uri>().is_ok_and(|u| u.host().is_some()) =>
+            {
+                url.to_string()
+            }
+            other => {
+                r.spanned(
+                    d,
+                    "tls.acme.directory",
+                    format!("{other:?} is not an https:// URL (or \"letsencrypt\", \"letsencrypt-staging\")"),
+                );
+                String::new()
+            }
+        },
+    };
+    let ca_file = a.ca_file.as_ref().map(|c| {
+        let path = resolve(base, c.get_ref());
+        match std::fs::read(&path) {
+            Err(e) => r.spanned(
+                c,
+                "tls.acme.ca_file",
+                format!("cannot read {}: {e}", path.display()),
+            ),
+            Ok(pem) => {
+                use rustls_pki_types::pem::PemObject;
+                let certs = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+                    .filter_map(Result::ok)
+                    .count();
+                if certs == 0 {
+                    r.spanned(
+                        c,
+                        "tls.acme.ca_file",
+                        format!("{}: no PEM certificate in it", path.display()),
+                    );
+                }
+            }
+        }
+        path
+    });
+    let cache = resolve(
+        base,
+        a.cache.as_ref().map_or("acme", |c| c.get_ref().as_str()),
+    );
+    if let Err(e) = writable_dir(&cache) {
+        match &a.cache {
+            Some(c) => r.spanned(c, "tls.acme.cache", e),
+            None => r.at(
+                None,
+                "tls.acme.cache",
+                format!("(default \"acme\" next to the config) {e}"),
+            ),
+        }
+    }
+    let challenge = match a.challenge.as_ref().map(|c| (c, c.get_ref().as_str())) {
+        None | Some((_, "tls-alpn-01")) => AcmeChallenge::TlsAlpn01,
+        Some((_, "http-01")) => AcmeChallenge::Http01,
+        Some((c, other)) => {
+            r.spanned(
+                c,
+                "tls.acme.challenge",
+                format!("{other:?} is not a challenge the gateway answers (\"tls-alpn-01\" or \"http-01\")"),
+            );
+            AcmeChallenge::TlsAlpn01
+        }
+    };
+    let renew_before = a.renew_before.map(|d| d.0);
+    if renew_before.is_some_and(|d| d.is_zero()) {
+        r.at(None, "tls.acme.renew_before", "must be more than 0s");
+    }
+    let eab = match (&a.eab_kid, &a.eab_hmac_key) {
+        (None, None) => None,
+        (Some(kid), Some(key)) => match SecretSource::parse(key.get_ref()).resolve(base) {
+            Err(e) => {
+                r.spanned(key, "tls.acme.eab_hmac_key", e);
+                None
+            }
+            Ok(text) => {
+                let t = text.trim().trim_end_matches('=');
+                match data_encoding::BASE64URL_NOPAD
+                    .decode(t.as_bytes())
+                    .or_else(|_| data_encoding::BASE64_NOPAD.decode(t.as_bytes()))
+                {
+                    Ok(bytes) if !bytes.is_empty() => Some((kid.get_ref().clone(), bytes)),
+                    _ => {
+                        r.spanned(
+                            key,
+                            "tls.acme.eab_hmac_key",
+                            "not a base64url key (as the CA gives it)",
+                        );
+                        None
+                    }
+                }
+            }
+        },
+        (Some(k), None) => {
+            r.spanned(
+                k,
+                "tls.acme.eab_hmac_key",
+                "missing: eab_kid needs eab_hmac_key",
+            );
+            None
+        }
+        (None, Some(k)) => {
+            r.spanned(k, "tls.acme.eab_kid", "missing: eab_hmac_key needs eab_kid");
+            None
+        }
+    };
+    AcmeConfig {
+        domains,
+        contact,
+        directory,
+        ca_file,
+        cache,
+        challenge,
+        renew_before,
+        eab,
     }
 }
 

@@ -8,8 +8,8 @@ use std::net::IpAddr;
 
 use super::state::Target;
 use super::{
-    health, redirect_to_https, Action, AppState, ConnInfo, Decision, Framing, Head, Pending,
-    ProxyPlan, RequestId, Step,
+    acme_http01, health, redirect_to_https, Action, AppState, ConnInfo, Decision, Framing, Head,
+    Pending, ProxyPlan, RequestId, Step,
 };
 use crate::auth::{identity, policy, AuthError, Identity};
 use crate::config::AuthMode;
@@ -148,6 +148,16 @@ impl AppState {
         // Steps 4-5: health, redirect.
         if head.path == server.health_path {
             decision.action = Action::Answer(Box::new(health()));
+            return Step::Ready(decision);
+        }
+        // ACME http-01 validation, before the redirect: the CA asks on
+        // plain port 80 and follows no redirect to a name not yet served.
+        if let Some(answer) = self
+            .acme_http
+            .as_ref()
+            .and_then(|a| a.http01_answer(head.path))
+        {
+            decision.action = Action::Answer(Box::new(acme_http01(answer)));
             return Step::Ready(decision);
         }
         if let Some(port) = conn.redirect_https_port {

@@ -195,6 +195,24 @@ pub(crate) fn health() -> Response<Body> {
     resp
 }
 
+/// The key authorization for an ACME http-01 token (RFC 8555 8.3), or
+/// 404 for a token no order is waiting on.
+pub(crate) fn acme_http01(key_authorization: Option<String>) -> Response<Body> {
+    match key_authorization {
+        Some(k) => {
+            let mut resp = Response::new(response::full(k));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            resp.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            resp
+        }
+        None => response::error_response(&crate::response::GatewayError::NoRoute),
+    }
+}
+
 /// 308 to the same host and path on https (the port shown unless 443).
 fn redirect_to_https(
     host: Option<&[u8]>,

@@ -40,6 +40,8 @@ pub struct AppState {
     /// The upstreams requests need (routes, credential delegation): ready
     /// only while each has a healthy server.
     needed: Vec<Arc<Upstream>>,
+    /// `[tls.acme] challenge = "http-01"`: its answers, before routing.
+    pub(super) acme_http: Option<Arc<crate::acme::Acme>>,
 }
 
 /// State that outlives reloads: the store and the revocation mirror.
@@ -50,6 +52,8 @@ pub struct Deps {
     /// `server.request_buffer_budget`, kept across reloads so bodies
     /// buffered under the old config still count.
     pub budget: Arc<Budget>,
+    /// `[tls.acme]`: its certificates and challenge answers.
+    pub acme: Option<Arc<crate::acme::Acme>>,
 }
 
 impl Deps {
@@ -58,11 +62,17 @@ impl Deps {
     pub async fn open(config: &Config) -> Result<Deps, StoreError> {
         let revoked = Arc::new(RevokedFamilies::new());
         let budget = Budget::new(config.server.request_buffer_budget);
+        let acme = config
+            .tls
+            .as_ref()
+            .and_then(|t| t.acme.as_ref())
+            .map(crate::acme::Acme::new);
         if config.tokens.is_none() {
             return Ok(Deps {
                 store: None,
                 revoked,
                 budget,
+                acme,
             });
         }
         let store = open_store(&config.store.backend).await?;
@@ -71,6 +81,7 @@ impl Deps {
             revoked.insert(&sid, until);
         }
         Ok(Deps {
+            acme,
             store: Some(store),
             revoked,
             budget,
@@ -85,6 +96,7 @@ impl Deps {
             ))?)),
             revoked: Arc::new(RevokedFamilies::new()),
             budget: Budget::new(0),
+            acme: None,
         })
     }
 }
@@ -221,6 +233,10 @@ impl AppState {
             budget: deps.budget.clone(),
             upstreams,
             needed,
+            acme_http: deps
+                .acme
+                .clone()
+                .filter(|a| a.challenge() == crate::config::AcmeChallenge::Http01),
         })
     }
 

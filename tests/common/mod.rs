@@ -263,6 +263,7 @@ pub async fn ws_echo_upstream() -> SocketAddr {
 pub struct TestCa {
     pub ca_cert: rcgen::Certificate,
     pub ca_key: rcgen::KeyPair,
+    pub ca_params: rcgen::CertificateParams,
 }
 
 impl TestCa {
@@ -274,7 +275,16 @@ impl TestCa {
             .push(rcgen::DnType::CommonName, "gateway test CA");
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let ca_cert = params.self_signed(&ca_key).unwrap();
-        TestCa { ca_cert, ca_key }
+        TestCa {
+            ca_cert,
+            ca_key,
+            ca_params: params,
+        }
+    }
+
+    /// The CA as an rcgen issuer, to sign leaves with.
+    pub fn issuer(&self) -> rcgen::Issuer<'_, &rcgen::KeyPair> {
+        rcgen::Issuer::from_params(&self.ca_params, &self.ca_key)
     }
 
     /// A leaf for `names`; returns (chain PEM, key PEM).
@@ -285,7 +295,7 @@ impl TestCa {
             .distinguished_name
             .push(rcgen::DnType::CommonName, names[0].clone());
         let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.ca_cert, &self.ca_key).unwrap();
+        let cert = params.signed_by(&key, &self.issuer()).unwrap();
         (cert.pem(), key.serialize_pem())
     }
 
