@@ -48,9 +48,16 @@ FROM ${BASE_IMAGE}
 
 # A fixed uid/gid so mounted certificates can be made readable to it
 # (chown 10001 or chmod o+r on the host).
-RUN groupadd --system --gid 10001 gateway \
+# ca-certificates: [tls.acme] reaches the CA's directory (Let's Encrypt)
+# with the system roots. /var/lib/gateway: a place for its cache (mount a
+# volume there), writable by the gateway's user.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --system --gid 10001 gateway \
  && useradd --system --uid 10001 --gid gateway --no-create-home \
-      --home-dir /nonexistent --shell /usr/sbin/nologin gateway
+      --home-dir /nonexistent --shell /usr/sbin/nologin gateway \
+ && install -d -o 10001 -g 10001 -m 0700 /var/lib/gateway
 
 COPY --from=build /src/target/release/gateway /usr/local/bin/gateway
 COPY static /srv/static
