@@ -182,14 +182,30 @@ impl Acme {
 
     /// One order, start to finish; the certificate is cached and served.
     async fn obtain(&self) -> Result<CertDates, AcmeError> {
-        let account = self.account().await?;
         let ids: Vec<Identifier> = self
             .config
             .domains
             .iter()
             .map(|d| Identifier::Dns(d.clone()))
             .collect();
-        let mut order = account.new_order(&NewOrder::new(&ids)).await?;
+        let account = self.account().await?;
+        let mut order = match account.new_order(&NewOrder::new(&ids)).await {
+            // The CA no longer knows the cached account (a test CA that
+            // restarted, an account deactivated elsewhere): a new one.
+            Err(instant_acme::Error::Api(p))
+                if p.r#type
+                    .as_deref()
+                    .is_some_and(|t| t.ends_with(":accountDoesNotExist")) =>
+            {
+                tracing::warn!(directory = %self.config.directory, "ACME: the CA does not know the cached account; creating a new one");
+                let _ = std::fs::remove_file(self.config.cache.join("account.json"));
+                self.account()
+                    .await?
+                    .new_order(&NewOrder::new(&ids))
+                    .await?
+            }
+            other => other?,
+        };
         // Challenge answers are withdrawn however this ends.
         let _cleanup = Cleanup(self);
         let kind = match self.config.challenge {

@@ -7,6 +7,7 @@
 
 pub mod bin;
 pub mod gunicorn;
+pub mod pebble;
 pub mod raw;
 pub mod redis;
 pub mod venv;
