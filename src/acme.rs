@@ -35,6 +35,10 @@ use crate::config::{AcmeChallenge, AcmeConfig};
 use crate::tls::AcmeCerts;
 
 const FIRST_RETRY: Duration = Duration::from_secs(10);
+/// The least time between two successful orders, whatever `renew_before`
+/// says (one at least as long as the lifetime makes every certificate due
+/// at once).
+const MIN_SPACING: Duration = Duration::from_secs(30);
 const MAX_RETRY: Duration = Duration::from_secs(3600);
 /// How long an order may take to become ready, and then to be issued.
 const ORDER_TIMEOUT: Duration = Duration::from_secs(90);
@@ -145,7 +149,10 @@ impl Acme {
                     failures = 0;
                     crate::metrics::acme_order(self.first(), true);
                     tracing::info!(domains = ?self.config.domains, expires = %humantime::format_rfc3339_seconds(dates.not_after), renew_from = %humantime::format_rfc3339_seconds(renew_at(&self.config, dates)), "ACME certificate obtained and installed");
-                    next = self.due();
+                    next = self.due().max(SystemTime::now() + MIN_SPACING);
+                    if renew_at(&self.config, dates) <= SystemTime::now() {
+                        tracing::warn!(renew_before = ?self.config.renew_before, "tls.acme.renew_before is at least the certificate's lifetime: it is renewed again every {}s", MIN_SPACING.as_secs());
+                    }
                 }
                 Err(e) => {
                     failures += 1;
@@ -367,12 +374,15 @@ pub fn renew_at(config: &AcmeConfig, dates: CertDates) -> SystemTime {
         .duration_since(dates.not_before)
         .unwrap_or_default();
     let before = match config.renew_before {
-        // Never so early that a fresh certificate is due at once.
-        Some(d) if d < lifetime => d,
-        Some(_) => lifetime / 2,
+        // Taken as written, even when a fresh certificate is then due at
+        // once (renewals are spaced by MIN_SPACING; a warning says so).
+        Some(d) => d,
         None => Duration::from_secs(30 * 86400).min(lifetime / 3),
     };
-    dates.not_after - before
+    dates
+        .not_after
+        .checked_sub(before)
+        .unwrap_or(dates.not_before)
 }
 
 fn unix(t: SystemTime) -> i64 {

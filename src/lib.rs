@@ -35,6 +35,9 @@
 //! - [`response`] turns every error into a status and a small JSON body
 //!   ([`body`] has the body type and constructors every module shares).
 //! - [`telemetry`] sets up logging and writes the access-log line.
+//! - [`acme`] obtains and renews certificates from an ACME CA (instant-acme)
+//!   into the [`tls`] resolver's `AcmeCerts`, and answers http-01 through
+//!   [`handler`]'s decision.
 //! - [`config`] loads and validates the TOML file before anything binds.
 //! - Ground floor, importing nothing of the crate: [`alloc`] (returns
 //!   freed memory after bursts), [`wire`] (the HTTP/1

@@ -25,6 +25,16 @@ const DOMAIN: &str = "gw.test";
 const LIMIT: Duration = Duration::from_secs(240);
 
 fn config(port: u16, pebble: &Pebble, challenge: &str, http_port: Option<u16>) -> String {
+    config_with(port, pebble, challenge, http_port, "")
+}
+
+fn config_with(
+    port: u16,
+    pebble: &Pebble,
+    challenge: &str,
+    http_port: Option<u16>,
+    acme_extra: &str,
+) -> String {
     let http = http_port.map_or(String::new(), |p| {
         format!("http_listen = \"127.0.0.1:{p}\"\nredirect_http = true\n")
     });
@@ -44,6 +54,7 @@ directory = "{directory}"
 ca_file = "{ca}"
 cache = "{{dir}}/acme"
 challenge = "{challenge}"
+{acme_extra}
 
 [[routes]]
 path = "/"
@@ -234,15 +245,29 @@ async fn http_01_is_answered_before_the_redirect() {
             return;
         };
         let dir = tempfile::tempdir().unwrap();
+        // renew_before longer than Pebble's five-year certificates: due
+        // at once, renewed every 30 s.
         let bin = Bin::launch_in(
             dir,
-            &config(port, &pebble, "http-01", Some(http_port)),
+            &config_with(
+                port,
+                &pebble,
+                "http-01",
+                Some(http_port),
+                "renew_before = \"3650d\"",
+            ),
             port,
             "info",
         )
         .await;
         let tls = connector(&pebble).await;
-        served(&tls, bin.addr, Duration::from_secs(60)).await;
+        let first = served(&tls, bin.addr, Duration::from_secs(60)).await;
+        let t0 = Instant::now();
+        while served(&tls, bin.addr, Duration::from_secs(5)).await == first {
+            assert!(t0.elapsed() < Duration::from_secs(60), "not renewed: {}", bin.log());
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        assert!(bin.log().contains("renewed again every 30s"));
         // An unknown token is 404, not a redirect; other paths redirect.
         let mut c = TcpStream::connect(("127.0.0.1", http_port)).await.unwrap();
         c.write_all(b"GET /.well-known/acme-challenge/nope HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n")
