@@ -383,6 +383,7 @@ pub fn renew_at(config: &AcmeConfig, dates: CertDates) -> SystemTime {
         .not_after
         .checked_sub(before)
         .unwrap_or(dates.not_before)
+        .max(dates.not_before)
 }
 
 fn unix(t: SystemTime) -> i64 {
@@ -539,6 +540,39 @@ pub fn prepare(config: &AcmeConfig) -> Result<(), AcmeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn config(renew_before: Option<Duration>) -> AcmeConfig {
+        AcmeConfig {
+            domains: vec!["gw.test".into()],
+            contact: vec![],
+            directory: crate::config::LETS_ENCRYPT.into(),
+            ca_file: None,
+            cache: PathBuf::from("acme"),
+            challenge: AcmeChallenge::TlsAlpn01,
+            renew_before,
+            eab: None,
+        }
+    }
+
+    #[test]
+    fn renewal_is_30_days_before_or_a_third_of_a_short_lifetime() {
+        let days = |n: u64| Duration::from_secs(n * 86400);
+        let t0 = UNIX_EPOCH + days(1000);
+        let lasting = |n: u64| CertDates {
+            not_before: t0,
+            not_after: t0 + days(n),
+        };
+        // Let's Encrypt's 90 days: 30 days before.
+        assert_eq!(renew_at(&config(None), lasting(90)), t0 + days(60));
+        // Six-day certificates: two days before.
+        assert_eq!(renew_at(&config(None), lasting(6)), t0 + days(4));
+        // As written, even past the lifetime (then due at once).
+        assert_eq!(
+            renew_at(&config(Some(days(10))), lasting(90)),
+            t0 + days(80)
+        );
+        assert_eq!(renew_at(&config(Some(days(100))), lasting(90)), t0);
+    }
 
     #[test]
     fn the_alpn_challenge_certificate_is_well_formed() {
