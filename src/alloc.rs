@@ -75,6 +75,10 @@ pub fn trim() -> bool {
 /// freed: argon2's 19 MiB, large bodies. Smaller ones stay in arenas.
 pub const MMAP_THRESHOLD: usize = 512 * 1024;
 
+/// At most this many malloc arenas (glibc's default is 8 per core).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const ARENA_MAX: std::os::raw::c_int = 4;
+
 /// Fixes glibc's mmap threshold at `MMAP_THRESHOLD` (which also stops its
 /// dynamic raising). Call once at start, before other threads exist.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -83,11 +87,18 @@ pub fn fixed_mmap_threshold() -> bool {
     extern "C" {
         fn mallopt(param: std::os::raw::c_int, value: std::os::raw::c_int) -> std::os::raw::c_int;
     }
-    /// glibc's `M_MMAP_THRESHOLD` (malloc.h).
+    /// glibc's `M_MMAP_THRESHOLD` and `M_ARENA_MAX` (malloc.h).
     const M_MMAP_THRESHOLD: std::os::raw::c_int = -3;
+    const M_ARENA_MAX: std::os::raw::c_int = -8;
     // SAFETY: mallopt takes no pointers; it only sets a malloc parameter
     // under the main arena's lock.
-    unsafe { mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD as std::os::raw::c_int) == 1 }
+    unsafe {
+        // Every thread that ever allocated (the blocking pool's argon2
+        // threads come and go) would otherwise keep an arena of its own,
+        // up to 8 per core, each holding its fragments for good.
+        mallopt(M_ARENA_MAX, ARENA_MAX);
+        mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD as std::os::raw::c_int) == 1
+    }
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]

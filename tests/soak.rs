@@ -412,7 +412,13 @@ async fn worker(w: usize, addr: SocketAddr, shared: Arc<Shared>, deadline: Insta
         match pick {
             // Log in (always when holding nothing).
             _ if held == 0 || pick < 8 => {
-                let user = 1 + rng.below(USERS);
+                // Each worker logs in its own users: a login reserves a
+                // rate-limit slot until its password is checked, so six
+                // simultaneous correct logins of one name would get 429.
+                let mine: Vec<u64> = (1..=USERS)
+                    .filter(|u| (*u as usize - 1) % WORKERS == w)
+                    .collect();
+                let user = mine[rng.below(mine.len() as u64) as usize];
                 let _one = shared.revoking.read().await;
                 if let Some(s) = login(&shared, &mut conn, user).await {
                     let mut mine = shared.sessions[w].lock().unwrap();
