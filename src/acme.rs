@@ -163,6 +163,10 @@ impl Acme {
                     if e.rate_limited() {
                         delay = MAX_RETRY;
                     }
+                    // The CA's own Retry-After while an order was polled.
+                    if let AcmeError::Protocol(instant_acme::Error::Timeout(Some(at))) = &e {
+                        delay = delay.max(at.saturating_duration_since(std::time::Instant::now()));
+                    }
                     let serving = self
                         .dates
                         .lock()
