@@ -493,25 +493,9 @@ fn create_cache(dir: &Path) -> Result<(), AcmeError> {
 
 /// Writes `dir/name` with mode 0600, whole or not at all.
 fn write_private(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), AcmeError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     create_cache(dir)?;
     let path = dir.join(name);
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let io = |source| AcmeError::Cache {
-        path: path.clone(),
-        source,
-    };
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io)?;
-    f.write_all(bytes).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, &path).map_err(io)
+    crate::files::write_private(&path, bytes).map_err(|source| AcmeError::Cache { path, source })
 }
 
 fn write_cache(config: &AcmeConfig, chain_pem: &str, key_pem: &str) -> Result<(), AcmeError> {

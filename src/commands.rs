@@ -3,7 +3,7 @@
 
 use anyhow::{anyhow, bail, Context};
 use serde_json::{Map, Value};
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, IsTerminal};
 use std::path::Path;
 
 use gateway::config::{self, JwtAlg};
@@ -106,29 +106,11 @@ fn existing_users(path: &Path) -> anyhow::Result<Vec<toml::Table>> {
     })
 }
 
-/// Writes a file that holds secrets (password hashes, private keys): owner
-/// read/write only (0600) from its first byte, replaced atomically, and
-/// an existing file with looser permissions ends up 0600 too.
+/// Writes a file that holds secrets (password hashes, private keys) with
+/// mode 0600, atomically.
 fn write_secret(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = std::path::PathBuf::from(tmp);
-    // A leftover from an interrupted run may have other permissions.
-    let _ = std::fs::remove_file(&tmp);
-    {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
-    Ok(())
+    gateway::files::write_private(path, text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 pub fn user_add(

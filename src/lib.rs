@@ -42,7 +42,7 @@
 //! - Ground floor, importing nothing of the crate: [`alloc`] (returns
 //!   freed memory after bursts), [`wire`] (the HTTP/1
 //!   codec: header names, heads, framing facts, the chunked scanner),
-//!   [`clock`], [`path`], [`body`].
+//!   [`clock`], [`path`], [`body`], [`files`] (secret files written 0600).
 
 pub mod acme;
 pub mod admin;
@@ -51,6 +51,7 @@ pub mod auth;
 pub mod body;
 pub mod clock;
 pub mod config;
+pub mod files;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod h1;

@@ -122,6 +122,29 @@ async fn metric(admin: SocketAddr, name: &str, label: &str) -> f64 {
         .sum()
 }
 
+/// Waits (at most 5 s) for the revocation of `token` to be followed.
+async fn refused_within_5s(addr: SocketAddr, token: &str) {
+    let t0 = Instant::now();
+    while api(addr, token).await != 401 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "revocation not followed"
+        );
+        sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Logs in until it works or 10 s have passed: the last answer.
+async fn login_within_10s(addr: SocketAddr) -> RawResp {
+    let t0 = Instant::now();
+    let mut r = login(addr).await;
+    while r.status != 200 && t0.elapsed() < Duration::from_secs(10) {
+        sleep(Duration::from_millis(300)).await;
+        r = login(addr).await;
+    }
+    r
+}
+
 fn json_of(r: &RawResp) -> Value {
     serde_json::from_str(&r.text()).unwrap_or_else(|_| panic!("not JSON: {}", r.text()))
 }
@@ -154,14 +177,7 @@ async fn store_file_removed_is_written_back_and_no_revocation_is_lost() {
         let (ok, out) = bin.command(&["sessions", "revoke", "--user-id", "1"]);
         assert!(ok, "{out}");
         assert!(out.contains('2'), "both sessions revoked: {out}");
-        let t0 = Instant::now();
-        while api(bin.addr, &second).await != 401 {
-            assert!(
-                t0.elapsed() < Duration::from_secs(5),
-                "revocation not followed"
-            );
-            sleep(Duration::from_millis(200)).await;
-        }
+        refused_within_5s(bin.addr, &second).await;
         // Killed and started again: what was revoked stays revoked.
         bin.restart("info").await;
         assert_eq!(api(bin.addr, &first).await, 401);
@@ -286,12 +302,7 @@ async fn a_full_store_filesystem_is_503_and_loses_nothing() {
             assert!(metric(admin, "gateway_store_errors_total", "").await > errors_before);
         }
         std::fs::remove_file(&filler).unwrap();
-        let t0 = Instant::now();
-        let mut r = login(bin.addr).await;
-        while r.status != 200 && t0.elapsed() < Duration::from_secs(10) {
-            sleep(Duration::from_millis(300)).await;
-            r = login(bin.addr).await;
-        }
+        let r = login_within_10s(bin.addr).await;
         assert_eq!(
             r.status,
             200,
@@ -302,14 +313,7 @@ async fn a_full_store_filesystem_is_503_and_loses_nothing() {
             let (ok, out) = bin.command(&["sessions", "revoke", "--user-id", "1"]);
             assert!(ok, "{out}");
         }
-        let t0 = Instant::now();
-        while api(bin.addr, &access).await != 401 {
-            assert!(
-                t0.elapsed() < Duration::from_secs(5),
-                "revocation not followed"
-            );
-            sleep(Duration::from_millis(200)).await;
-        }
+        refused_within_5s(bin.addr, &access).await;
 
         // Nothing lost: after a restart the revoked token stays refused.
         bin.restart("info").await;
@@ -351,14 +355,7 @@ async fn a_store_made_read_only_is_503_then_recovers_and_loses_nothing() {
         let access = json_of(&r)["access"].as_str().unwrap().to_string();
         let (ok, out) = bin.command(&["sessions", "revoke", "--user-id", "1"]);
         assert!(ok, "{out}");
-        let t0 = Instant::now();
-        while api(bin.addr, &access).await != 401 {
-            assert!(
-                t0.elapsed() < Duration::from_secs(5),
-                "revocation not followed"
-            );
-            sleep(Duration::from_millis(200)).await;
-        }
+        refused_within_5s(bin.addr, &access).await;
         let errors_before = metric(admin, "gateway_store_errors_total", "").await;
 
         let dir = bin.dir.path().to_path_buf();
@@ -386,12 +383,7 @@ async fn a_store_made_read_only_is_503_then_recovers_and_loses_nothing() {
         );
 
         assert!(immutable(&files, false));
-        let t0 = Instant::now();
-        let mut r = login(bin.addr).await;
-        while r.status != 200 && t0.elapsed() < Duration::from_secs(10) {
-            sleep(Duration::from_millis(300)).await;
-            r = login(bin.addr).await;
-        }
+        let r = login_within_10s(bin.addr).await;
         assert_eq!(r.status, 200, "no recovery once writable: {}", r.text());
         let fresh = json_of(&r)["access"].as_str().unwrap().to_string();
         assert!(

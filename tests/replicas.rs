@@ -153,18 +153,7 @@ impl Replica {
 
     /// Runs the real binary against this replica's config.
     fn command(&self, args: &[&str]) -> (bool, String) {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
-            .args(args)
-            .arg("--config")
-            .arg(&self.gw.config_path)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
+        common::bin::command(&self.gw.config_path, args)
     }
 }
 

@@ -140,17 +140,22 @@ impl Bin {
 
     /// Runs `gateway ARGS --config <its config>`: (success, output).
     pub fn command(&self, args: &[&str]) -> (bool, String) {
-        let out = Command::new(bin())
-            .args(args)
-            .arg("--config")
-            .arg(&self.config_path)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
+        command(&self.config_path, args)
     }
+}
+
+/// Runs `gateway ARGS --config CONFIG`: (success, stdout and stderr).
+pub fn command(config: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
 }
